@@ -48,11 +48,16 @@ demo: $(INDEXES)
 	$(BIN)/rerank search --index indexes/udhr-ky --lang ky "$(call Q,ky,4)"
 	@echo; echo "== The same article's Turkish query over the English documents (BM25 across languages)"
 	$(BIN)/rerank search --index indexes/udhr-en --lang tr "$(call Q,tr,4)"
-	@echo; echo "== All 31 Kyrgyz topics over the English documents, as a TREC run"
+	@echo; echo "== All 31 Kyrgyz topics as TREC runs, scored with ir_measures (qrels from the parallel structure)"
+	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --topics data/udhr/topics.ky.tsv \
+		--output runs/bm25.ky-ky.trec --overwrite --quiet
+	$(BIN)/ir_measures data/udhr/qrels.ky.txt runs/bm25.ky-ky.trec MAP nDCG@10 'RR(rel=2)'
 	$(BIN)/rerank search --index indexes/udhr-en --lang ky --topics data/udhr/topics.ky.tsv \
 		--output runs/bm25.ky-en.trec --overwrite --quiet
+	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/bm25.ky-en.trec MAP nDCG@10 'RR(rel=2)'
 
 test: $(DATA)
+	$(BIN)/ruff check rerank tests bench
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -25,7 +25,10 @@ LUCENE_ANALYZERS = frozenset("ar bn da de en es fa fi fr hi hu id it ja ko nl no
 
 #: Aliases that are not ISO codes or names but that users type. ``kg`` is Kyrgyzstan's country code;
 #: as an ISO 639-1 code it would be Kongo, which no backend here supports, so it means Kyrgyz.
-EXTRA_ALIASES = {"kg": "ky", "kirghiz": "ky", "kirgiz": "ky", "uighur": "ug", "uygur": "ug"}
+EXTRA_ALIASES = {"kg": "ky", "kyrgyz": "ky", "kirgiz": "ky", "uighur": "ug", "uygur": "ug"}
+
+#: Names people use today, where ISO's reference name is an older spelling.
+DISPLAY_NAMES = {"ky": "Kyrgyz", "ug": "Uyghur"}
 
 #: The languages the product is built and tested for (queries and documents).
 FOCUS = ("ky", "ug", "tr", "en", "de", "ru")
@@ -59,15 +62,16 @@ def _table() -> tuple[dict[str, Language], dict[str, str]]:
         two = getattr(lang, "alpha_2", None)
         if not two:
             continue
-        by_code[two] = Language(two, lang.name, lang.alpha_3)
+        by_code[two] = Language(two, DISPLAY_NAMES.get(two, lang.name), lang.alpha_3)
         alias[two] = two
         alias[lang.alpha_3] = two
         bib = getattr(lang, "bibliographic", None)
         if bib:
             alias[bib] = two
-        for name in lang.name.lower().replace(";", ",").split(","):
-            if name.strip():
-                alias.setdefault(name.strip(), two)
+        for field in ("name", "common_name", "inverted_name"):
+            for name in getattr(lang, field, "").lower().replace(";", ",").split(","):
+                if name.strip():
+                    alias.setdefault(name.strip(), two)
     alias.update(EXTRA_ALIASES)
     return by_code, alias
 
@@ -86,8 +90,8 @@ def resolve(code: str) -> Language:
     for cand in candidates:
         if cand in alias:
             return by_code[alias[cand]]
-    near = difflib.get_close_matches(key, list(alias), n=3, cutoff=0.6)
-    suggestion = ", ".join(f"{n} ({by_code[alias[n]].name})" for n in near) or "en, de, ru, tr, ky, ug"
+    near = dict.fromkeys(alias[n] for n in difflib.get_close_matches(key, list(alias), n=6, cutoff=0.6))
+    suggestion = ", ".join(f"{c} ({by_code[c].name})" for c in list(near)[:3]) or "en, de, ru, tr, ky, ug"
     raise RerankError(f"unknown language code {code!r}", hint=f"did you mean: {suggestion}?")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from rerank import __version__
@@ -17,8 +19,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("index", help=index_cli.index.__doc__)(index_cli.index)
-app.command("search", help=search_cli.search.__doc__)(search_cli.search)
+app.command("index")(index_cli.index)
+app.command("search")(search_cli.search)
 app.add_typer(collections_cli.app, name="collections")
 
 
@@ -35,8 +37,25 @@ def _root(
     pass
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. Every way of failing ends in one line on stderr and a non-zero status:
+    user errors and usage errors exit 2, an interrupt 130."""
+    try:
+        rv = app(args=argv, prog_name="rerank", standalone_mode=False)
+    except typer.TyperException as e:  # usage errors: missing/unknown option, bad value (typer's own click)
+        ctx = getattr(e, "ctx", None)
+        where = f" — see `{ctx.command_path} --help`" if ctx is not None else ""
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if not message.strip():  # `rerank` alone: the help was printed
+            sys.exit(2)
+        print(f"rerank: error: {' '.join(message.split())}{where}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("rerank: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

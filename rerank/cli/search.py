@@ -34,8 +34,11 @@ def search(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Search an index with BM25. One query prints a table (rank, docid, score, snippet); --topics
-    searches every topic and writes a TREC run (--output) or prints it."""
+    """Search an index with BM25: a table for one query, a TREC run for a topics file.
+
+    One query prints rank, docid, score and a snippet. --topics searches every topic (in threads) and
+    writes a TREC run to --output, or prints it to stdout.
+    """
     from rerank import languages
     from rerank.collections._io import check_writable_target
     from rerank.collections.topics import read_topics
@@ -60,6 +63,11 @@ def search(
         code = code or (queries[0].lang if queries else "")
     k = k or (100 if (output or topics) else 10)
     idx = BM25Index(index, analyzer=analyzer)
+    if code and code != idx.meta.language and not quiet:
+        err.print(
+            f"note: {code} queries over {idx.meta.language} documents: BM25 only matches words the two "
+            "languages share (names, numbers); a reranker or dense first stage is needed across languages"
+        )
     try:
         if query is not None and output is None:
             hits = idx.search(query, k=k, query_id="q1")
@@ -76,11 +84,6 @@ def search(
             sys.stdout.writelines(format_run_lines(flat, tag))
     finally:
         idx.close()
-    if code and code != idx.meta.language and not quiet:
-        err.print(
-            f"note: {code} queries over {idx.meta.language} documents: BM25 only matches words the two "
-            "languages share (names, numbers); a reranker or dense first stage is needed across languages"
-        )
 
 
 def snippet(text: str, query: str, width: int = 90) -> str:

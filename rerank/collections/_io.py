@@ -35,19 +35,29 @@ def open_text(path: str | os.PathLike, what: str = "file") -> IO[str]:
 
 
 def numbered_lines(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line_without_newline)``; a non-UTF-8 byte is reported with its line."""
-    p = Path(path)
-    with open_text(p, what) as f:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(f, start=1):  # noqa: B007
+    """Yield ``(line_number, line_without_newline)``; a non-UTF-8 byte is reported with its line.
+
+    Lines are decoded one at a time (not in blocks) so that the line number of a bad byte is exact.
+    """
+    p = check_readable(path, what)
+    lineno = 0
+    try:
+        with gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):  # noqa: B007
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise RerankError(
+                        f"{p}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line)",
+                        hint="re-encode the file as UTF-8",
+                    ) from None
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark is not content
                 yield lineno, line.rstrip("\n").rstrip("\r")
-        except UnicodeDecodeError as e:
-            raise RerankError(
-                f"{p}:{lineno + 1}: not valid UTF-8 ({e.reason})", hint="re-encode the file as UTF-8"
-            ) from None
-        except (OSError, EOFError) as e:  # truncated .gz, I/O errors
-            raise RerankError(f"{p}: cannot be read ({e})", hint="check that the file is complete") from None
+    except (OSError, EOFError) as e:  # truncated .gz, I/O errors
+        raise RerankError(
+            f"{p}: cannot be read after line {lineno} ({e})", hint="check that the file is complete"
+        ) from None
 
 
 def check_writable_target(path: str | os.PathLike, overwrite: bool) -> Path:

