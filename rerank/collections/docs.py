@@ -121,24 +121,17 @@ def _iter_sgml(p: Path) -> Iterator[Document]:
     seen: set[str] = set()
     for lineno, line in numbered_lines(p, "documents file"):
         stripped = line.strip()
+        opens = re.match(r"<DOC>", stripped, flags=re.I) is not None
         if buf is None:
             if not stripped:
                 continue
-            if re.match(r"<DOC>", stripped, flags=re.I):
-                buf, start = [line], lineno
-                if re.search(r"</DOC>\s*$", stripped, flags=re.I):  # a whole record on one line
-                    doc = _sgml_record(buf, start, p)
-                    buf = None
-                    if doc.doc_id in seen:
-                        raise at_line(p, start, f"duplicate DOCNO {doc.doc_id!r}", "each id once")
-                    seen.add(doc.doc_id)
-                    yield doc
-                continue
-            raise at_line(p, lineno, f"text outside a document: {stripped[:40]!r}", "<DOC> to open a record")
-        if re.match(r"<DOC>", stripped, flags=re.I):
+            if not opens:
+                raise at_line(p, lineno, f"text outside a document: {stripped[:40]!r}", "<DOC> to open a record")
+            buf, start = [], lineno
+        elif opens:
             raise at_line(p, lineno, f"<DOC> opened while the one from line {start} is still open", "</DOC> first")
         buf.append(line)
-        if re.search(r"</DOC>\s*$", stripped, flags=re.I):
+        if re.search(r"</DOC>\s*$", stripped, flags=re.I):  # may close on the line that opened it
             doc = _sgml_record(buf, start, p)
             buf = None
             if doc.doc_id in seen:

@@ -22,13 +22,14 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from rerank import __version__, languages
-from rerank.collections._io import atomic_dir
+from rerank.collections._io import atomic_dir, check_readable
 from rerank.errors import RerankError
 from rerank.indexes import jvm
 from rerank.indexes.docstore import DocStore, write_docstore
@@ -117,39 +118,25 @@ def build_index(
     source: str | os.PathLike | None = None,
     progress: bool = True,
     total: int | None = None,
+    java_reads: Path | None = None,
 ) -> IndexMeta:
-    """Index ``docs`` for BM25 into the folder ``out`` (built under a temporary name, then renamed)."""
+    """Index ``docs`` for BM25 into the folder ``out`` (built under a temporary name, then renamed).
+
+    ``java_reads``: a Pyserini-shaped JSONL file holding exactly ``docs``, which Lucene then reads
+    itself while Python checks and stores the same documents (see :func:`index_file`)."""
     language = languages.resolve(lang)
     analyzer = language.analyzer
     threads = threads or min(4, os.cpu_count() or 1)
     jvm.start()
-    from pyserini.index.lucene import LuceneIndexer
     from tqdm import tqdm
 
     with atomic_dir(out, overwrite) as tmp:
-        args = ["-index", str(tmp / "lucene"), "-storePositions", "-storeDocvectors"]
-        args += ["-pretokenized"] if language.code not in languages.LUCENE_ANALYZERS else ["-language", language.code]
-        indexer = LuceneIndexer(args=args, threads=threads)
-        feeder = _Feeder(indexer)
-        n = 0
-        batch: list[str] = []
-        try:
-            stream = write_docstore(tmp / "docs.sqlite", docs)
-            bar = tqdm(stream, total=total, unit=" docs", desc=f"indexing ({analyzer})", disable=not progress)
-            for d in bar:
-                text = d.contents
-                if analyzer == TOKENIZER_NAME:
-                    text = pretokenize(text)
-                batch.append(json.dumps({"id": d.doc_id, "contents": text}, ensure_ascii=False))
-                n += 1
-                if len(batch) >= 2000:
-                    feeder.put(batch)
-                    batch = []
-            if batch:
-                feeder.put(batch)
-        finally:
-            feeder.finish()
-            indexer.close()
+        docs = write_docstore(tmp / "docs.sqlite", docs)
+        docs = tqdm(docs, total=total, unit=" docs", desc=f"indexing ({analyzer})", disable=not progress)
+        if java_reads is not None:
+            n = _index_in_java(docs, java_reads, tmp, language.code, threads)
+        else:
+            n = _index_from_python(docs, tmp, language.code, analyzer, threads)
         if n == 0:
             raise RerankError("no documents to index", hint="check the documents file")
         meta = IndexMeta(
@@ -165,6 +152,138 @@ def build_index(
         )
         (tmp / META_FILE).write_text(json.dumps(meta.__dict__, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return meta
+
+
+class _JavaDisagrees(Exception):
+    """Lucene's own reading of a file found other documents than ours: take the general path."""
+
+
+def _lucene_args(tmp: Path, lang: str, threads: int) -> list[str]:
+    args = ["-index", str(tmp / "lucene"), "-storePositions", "-storeDocvectors", "-threads", str(threads)]
+    return args + (["-language", lang] if lang in languages.LUCENE_ANALYZERS else ["-pretokenized"])
+
+
+def _index_from_python(docs: Iterable[Document], tmp: Path, lang: str, analyzer: str, threads: int) -> int:
+    """Documents go to Anserini's SimpleIndexer (what pyserini.index.lucene.LuceneIndexer wraps, used
+    through Pyserini's Java bridge without that module's ~1 s of imports) in batches of JSON lines."""
+    from pyserini.pyclass import autoclass
+
+    args = _lucene_args(tmp, lang, threads) + ["-input", "", "-collection", "JsonCollection"]
+    indexer = autoclass("io.anserini.index.SimpleIndexer")(args)
+    feeder = _Feeder(indexer)
+    n = 0
+    batch: list[str] = []
+    try:
+        for d in docs:
+            text = pretokenize(d.contents) if analyzer == TOKENIZER_NAME else d.contents
+            batch.append(json.dumps({"id": d.doc_id, "contents": text}, ensure_ascii=False))
+            n += 1
+            if len(batch) >= 2000:
+                feeder.put(batch)
+                batch = []
+        if batch:
+            feeder.put(batch)
+    finally:
+        feeder.finish()
+        indexer.close()
+    return n
+
+
+def _index_in_java(docs: Iterable[Document], source: Path, tmp: Path, lang: str, threads: int) -> int:
+    """Anserini's IndexCollection (what `python -m pyserini.index.lucene` runs) reads ``source`` in a
+    Java thread while this thread reads, checks and stores the same file; the two must agree on the
+    number of documents."""
+    from pyserini.pyclass import autoclass
+
+    folder = tmp / "input"
+    folder.mkdir()
+    (folder / source.name).symlink_to(source.resolve())
+    args = ["-collection", "JsonCollection", "-input", str(folder), "-quiet", *_lucene_args(tmp, lang, threads)]
+    error: list[BaseException] = []
+
+    def run() -> None:
+        import jnius
+
+        try:
+            autoclass("io.anserini.index.IndexCollection").main(args)
+        except BaseException as e:
+            error.append(e)
+        finally:
+            jnius.detach()
+
+    java = threading.Thread(target=run, name="lucene-index-collection", daemon=True)
+    java.start()
+    n = 0
+    try:
+        for _ in docs:
+            n += 1
+    finally:
+        java.join()
+        shutil.rmtree(folder, ignore_errors=True)
+    if error:
+        raise RerankError(f"Lucene could not index {source} ({error[0]})", hint="check the documents") from None
+    searcher = autoclass("io.anserini.search.SimpleSearcher")(str(tmp / "lucene"))
+    indexed = int(searcher.get_total_num_docs())
+    searcher.close()
+    if indexed != n:
+        raise _JavaDisagrees(f"Lucene read {indexed} documents, rerank {n}")
+    return n
+
+
+def _pyserini_shaped(path: Path) -> bool:
+    """True when Lucene's JsonCollection reads ``path`` as we do: JSON lines with "id" and "contents"."""
+    if not path.name.endswith((".jsonl", ".jsonl.gz")):
+        return False
+    from rerank.collections._io import numbered_lines
+
+    for _, line in numbered_lines(path, "documents file"):
+        if line.strip():
+            try:
+                first = json.loads(line)
+            except json.JSONDecodeError:
+                return False
+            return isinstance(first, dict) and {"id", "contents"} <= first.keys() and "title" not in first
+    return False
+
+
+def index_file(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    lang: str,
+    *,
+    overwrite: bool = False,
+    threads: int | None = None,
+    k1: float = DEFAULT_K1,
+    b: float = DEFAULT_B,
+    progress: bool = True,
+) -> IndexMeta:
+    """Index a documents file (any format :func:`~rerank.collections.docs.read_docs` reads).
+
+    A Pyserini-shaped JSONL file in a language Lucene analyses is read by Lucene itself (as Pyserini's
+    CLI does) while Python checks every line and stores the texts; anything else — titles, SGML,
+    pre-tokenized languages — is fed from Python. Both give the same index."""
+    from rerank.collections.docs import read_docs
+
+    p = check_readable(path, "documents file")
+    language = languages.resolve(lang)
+    kw = dict(overwrite=overwrite, threads=threads, k1=k1, b=b, source=p, progress=progress)
+    total = _count_lines(p) if progress and p.name.endswith((".jsonl", ".jsonl.gz")) else None
+    if language.lucene and _pyserini_shaped(p):
+        try:
+            return build_index(read_docs(p), out, language.code, total=total, java_reads=p, **kw)
+        except _JavaDisagrees:
+            pass  # e.g. a line with "doc_id" instead of "id": Lucene skipped it, we did not
+    return build_index(read_docs(p), out, language.code, total=total, **kw)
+
+
+def _count_lines(path: Path) -> int | None:
+    from rerank.collections._io import open_text
+
+    try:
+        with open_text(path) as f:
+            return sum(1 for line in f if line.strip())
+    except (UnicodeDecodeError, OSError, EOFError):
+        return None  # the reader itself reports the problem, with its line
 
 
 class _Feeder:
@@ -186,7 +305,7 @@ class _Feeder:
             while (batch := self._queue.get()) is not None:
                 if self._error is None:
                     try:
-                        self._indexer.add_batch_raw(batch)
+                        self._indexer.addRawDocuments(batch)
                     except BaseException as e:  # reported by put()/finish() in the caller's thread
                         self._error = e
         finally:

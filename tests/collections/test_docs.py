@@ -6,7 +6,7 @@ import pytest
 from rerank.collections.docs import read_docs, read_jsonl_docs, read_sgml_docs, write_jsonl_docs
 from rerank.errors import RerankError
 from rerank.types import Document
-from tests.conftest import write
+from tests.conftest import raises_at, write
 
 
 def test_jsonl_both_shapes_and_gzip(tmp_path):
@@ -84,9 +84,7 @@ def test_sgml_trec_and_clef_fields(tmp_path):
 )
 def test_sgml_errors(tmp_path, text, line, problem):
     p = write(tmp_path / "d.sgml", text)
-    with pytest.raises(RerankError) as e:
-        list(read_sgml_docs(p))
-    assert str(e.value).startswith(f"{p}:{line}: ") and problem in str(e.value)
+    raises_at(p, line, problem, read_sgml_docs, p)
 
 
 def test_missing_folder_and_unknown_format(tmp_path):

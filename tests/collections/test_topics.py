@@ -5,7 +5,7 @@ import pytest
 from rerank.collections.topics import read_hc4_topics, read_sgml_topics, read_topics, read_tsv_topics, write_tsv_topics
 from rerank.errors import RerankError
 from rerank.types import Query
-from tests.conftest import write
+from tests.conftest import raises_at, write
 
 TREC = """<top>
 <num> Number: 301
@@ -81,9 +81,7 @@ def test_clef_topics_language_from_tags(tmp_path):
 )
 def test_sgml_topic_errors(tmp_path, text, line, problem):
     p = write(tmp_path / "t.trec", text)
-    with pytest.raises(RerankError) as e:
-        read_sgml_topics(p)
-    assert str(e.value).startswith(f"{p}:{line}: ") and problem in str(e.value)
+    raises_at(p, line, problem, read_sgml_topics, p)
 
 
 def test_empty_field_is_refused(tmp_path):
@@ -114,9 +112,7 @@ def test_tsv_topics(tmp_path):
 )
 def test_tsv_errors(tmp_path, text, line, problem):
     p = write(tmp_path / "t.tsv", text)
-    with pytest.raises(RerankError) as e:
-        read_tsv_topics(p)
-    assert str(e.value).startswith(f"{p}:{line}: ") and problem in str(e.value)
+    raises_at(p, line, problem, read_tsv_topics, p)
 
 
 HC4 = [

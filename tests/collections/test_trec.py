@@ -4,7 +4,7 @@ import pytest
 from rerank.collections.trec import count_ties, read_qrels, read_run, strict_order, write_qrels, write_run
 from rerank.errors import RerankError
 from rerank.types import Qrel, ScoredDoc
-from tests.conftest import write
+from tests.conftest import raises_at, write
 
 
 def test_qrels_graded_roundtrip(tmp_path):
@@ -30,9 +30,7 @@ def test_qrels_graded_roundtrip(tmp_path):
 )
 def test_qrels_errors(tmp_path, text, line, problem):
     p = write(tmp_path / "q.txt", text)
-    with pytest.raises(RerankError) as e:
-        read_qrels(p)
-    assert str(e.value).startswith(f"{p}:{line}: ") and problem in str(e.value)
+    raises_at(p, line, problem, read_qrels, p)
 
 
 @pytest.mark.parametrize(
@@ -47,9 +45,7 @@ def test_qrels_errors(tmp_path, text, line, problem):
 )
 def test_run_errors(tmp_path, text, line, problem):
     p = write(tmp_path / "r.trec", text)
-    with pytest.raises(RerankError) as e:
-        read_run(p)
-    assert str(e.value).startswith(f"{p}:{line}: ") and problem in str(e.value)
+    raises_at(p, line, problem, read_run, p)
 
 
 def test_strict_order_breaks_ties_deterministically():

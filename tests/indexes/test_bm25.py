@@ -107,3 +107,43 @@ def test_index_from_another_tokenizer_version_is_refused(ky_index, tmp_path):
     (copy / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(RerankError, match="rebuild the index"):
         BM25Index(copy)
+
+
+def _pyserini_jsonl(path, docs):
+    path.write_text("".join(json.dumps({"id": d.doc_id, "contents": d.contents}) + "\n" for d in docs))
+    return path
+
+
+def test_lucene_reading_the_file_gives_the_same_index(tmp_path, udhr_dir):
+    """index_file lets Lucene read a Pyserini-shaped file itself; the result equals feeding it from Python."""
+    from rerank.indexes.bm25 import index_file
+
+    docs = list(read_docs(udhr_dir / "docs.en.jsonl"))
+    src = _pyserini_jsonl(tmp_path / "docs.jsonl", docs)
+    index_file(src, tmp_path / "java", "en", progress=False)
+    build_index(read_docs(src), tmp_path / "python", "en", progress=False)
+    assert sorted(p.name for p in (tmp_path / "java").iterdir()) == ["docs.sqlite", "lucene", META_FILE]
+    a, b = BM25Index(tmp_path / "java"), BM25Index(tmp_path / "python")
+    assert read_meta(tmp_path / "java").documents == read_meta(tmp_path / "python").documents == 60
+    for q in read_topics(udhr_dir / "topics.en.tsv", lang="en"):
+        assert a.search(q.text, k=20) == b.search(q.text, k=20)
+    assert a.doc("udhr-a18-p1") == b.doc("udhr-a18-p1")
+
+
+def test_lucene_disagreeing_falls_back_to_python(tmp_path):
+    from rerank.indexes.bm25 import index_file
+
+    src = tmp_path / "docs.jsonl"
+    src.write_text('{"id": "a", "contents": "alpha"}\n{"doc_id": "b", "contents": "beta"}\n')  # we accept doc_id
+    meta = index_file(src, tmp_path / "idx", "en", progress=False)
+    assert meta.documents == 2 and BM25Index(tmp_path / "idx").search("beta")[0].doc_id == "b"
+
+
+def test_malformed_line_while_lucene_reads_leaves_nothing(tmp_path):
+    from rerank.indexes.bm25 import index_file
+
+    src = tmp_path / "docs.jsonl"
+    src.write_text('{"id": "a", "contents": "alpha"}\n{"id": "b", "contents": "beta"\n')
+    with pytest.raises(RerankError, match=r"docs.jsonl:2: not valid JSON"):
+        index_file(src, tmp_path / "idx", "en", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]
