@@ -19,13 +19,14 @@ from rerank.errors import RerankError, at_line
 from rerank.types import Document
 
 _ID_KEYS = ("id", "doc_id", "docid", "_id")
+_SPACE = re.compile(r"\s")
 _JSONL_EXPECTED = 'a JSON object with "id" and "contents", or "id", "title" and "text"'
 
 
 def _doc_from_json(obj: object, path: Path, lineno: int) -> Document:
     if not isinstance(obj, dict):
         raise at_line(path, lineno, f"a JSON {type(obj).__name__}, not an object", _JSONL_EXPECTED)
-    doc_id = next((obj[k] for k in _ID_KEYS if k in obj), None)
+    doc_id = obj["id"] if "id" in obj else next((obj[k] for k in _ID_KEYS if k in obj), None)
     if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
         raise at_line(path, lineno, "document without an id", _JSONL_EXPECTED)
     if not isinstance(doc_id, str | int):
@@ -39,7 +40,7 @@ def _doc_from_json(obj: object, path: Path, lineno: int) -> Document:
     if not isinstance(text, str) or not isinstance(title, str | None):
         raise at_line(path, lineno, f"document {doc_id}: text and title must be strings", _JSONL_EXPECTED)
     doc_id = str(doc_id)
-    if any(c.isspace() for c in doc_id):
+    if _SPACE.search(doc_id):
         raise at_line(path, lineno, f"document id {doc_id!r} contains whitespace", "ids without spaces (TREC runs)")
     return Document(doc_id, text, title or "")
 
@@ -94,7 +95,7 @@ def _sgml_record(lines: list[str], start: int, path: Path) -> Document:
     if not m or not m.group(1):
         raise at_line(path, start, "<DOC> without a <DOCNO>…</DOCNO>", _SGML_EXPECTED)
     doc_id = m.group(1)
-    if any(c.isspace() for c in doc_id):
+    if _SPACE.search(doc_id):
         raise at_line(path, start, f"DOCNO {doc_id!r} contains whitespace", "one id without spaces")
 
     def fields(tags: tuple[str, ...]) -> list[str]:

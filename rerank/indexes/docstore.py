@@ -24,9 +24,14 @@ def write_docstore(path: Path, docs: Iterable[Document]) -> Iterator[Document]:
         con.execute("PRAGMA journal_mode=OFF")
         con.execute("PRAGMA synchronous=OFF")
         con.execute(_SCHEMA)
+        rows: list[tuple[str, str, str]] = []
         for d in docs:
-            con.execute("INSERT INTO docs VALUES (?, ?, ?)", (d.doc_id, d.title, d.text))
+            rows.append((d.doc_id, d.title, d.text))
+            if len(rows) >= 1000:
+                con.executemany("INSERT INTO docs VALUES (?, ?, ?)", rows)
+                rows = []
             yield d
+        con.executemany("INSERT INTO docs VALUES (?, ?, ?)", rows)
         con.commit()
     finally:
         con.close()
