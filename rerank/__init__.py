@@ -10,11 +10,21 @@ __version__ = "0.1.0"
 from rerank.errors import RerankError
 from rerank.types import Document, Qrel, Query, ScoredDoc
 
-__all__ = ["BM25Index", "Document", "Qrel", "Query", "RerankError", "ScoredDoc", "__version__", "build_index"]
+__all__ = [
+    "BM25Index",
+    "Document",
+    "Qrel",
+    "Query",
+    "RerankError",
+    "ScoredDoc",
+    "__version__",
+    "build_index",
+    "index_file",
+]
 
 
 def __getattr__(name: str):  # lazy: `import rerank` must not start a JVM
-    if name in ("BM25Index", "build_index"):
+    if name in ("BM25Index", "build_index", "index_file"):
         from rerank.indexes import bm25
 
         return getattr(bm25, name)
