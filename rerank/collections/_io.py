@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -58,6 +59,20 @@ def numbered_lines(path: str | os.PathLike, what: str = "file") -> Iterator[tupl
         raise RerankError(
             f"{p}: cannot be read after line {lineno} ({e})", hint="check that the file is complete"
         ) from None
+
+
+def json_lines(path: str | os.PathLike, what: str, expected: str) -> Iterator[tuple[int, object]]:
+    """Yield ``(line_number, parsed_json)`` for each non-blank line; a broken line is reported with its number."""
+    p = Path(path)
+    for lineno, line in numbered_lines(p, what):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RerankError(
+                f"{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})", hint=f"expected {expected}"
+            ) from None
 
 
 def check_writable_target(path: str | os.PathLike, overwrite: bool) -> Path:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rerank.collections._io import atomic_write, check_readable, numbered_lines
+from rerank.collections._io import atomic_write, check_readable, json_lines, numbered_lines
 from rerank.errors import RerankError, at_line
 from rerank.types import Document
 
@@ -53,13 +53,7 @@ def read_jsonl_docs(path: str | os.PathLike) -> Iterator[Document]:
 
 def _iter_jsonl(p: Path) -> Iterator[Document]:
     seen: set[str] = set()
-    for lineno, line in numbered_lines(p, "documents file"):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise at_line(p, lineno, f"not valid JSON ({e.msg} at column {e.colno})", _JSONL_EXPECTED) from None
+    for lineno, obj in json_lines(p, "documents file", _JSONL_EXPECTED):
         doc = _doc_from_json(obj, p, lineno)
         if doc.doc_id in seen:
             raise at_line(p, lineno, f"duplicate document id {doc.doc_id!r}", "each id once")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rerank import languages
-from rerank.collections._io import atomic_write, numbered_lines
+from rerank.collections._io import atomic_write, json_lines, numbered_lines
 from rerank.errors import RerankError, at_line
 from rerank.types import Query
 
@@ -185,13 +185,7 @@ def read_hc4_topics(
     out: list[Query] = []
     seen: set[str] = set()
     missing: list[str] = []
-    for lineno, line in numbered_lines(p, "topics file"):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise at_line(p, lineno, f"not valid JSON ({e.msg})", _HC4_EXPECTED) from None
+    for lineno, obj in json_lines(p, "topics file", _HC4_EXPECTED):
         if not isinstance(obj, dict) or "topic_id" not in obj or not isinstance(obj.get("topics"), list):
             raise at_line(p, lineno, "not an HC4 topic record", _HC4_EXPECTED)
         qid = str(obj["topic_id"])
