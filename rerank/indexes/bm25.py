@@ -339,7 +339,13 @@ class BM25Index:
         jvm.start()
         from pyserini.pyclass import autoclass  # the Java bridge only: LuceneSearcher's import costs ~10 s
 
-        self._searcher = autoclass("io.anserini.search.SimpleSearcher")(str(self.path / "lucene"))
+        try:
+            self._searcher = autoclass("io.anserini.search.SimpleSearcher")(str(self.path / "lucene"))
+        except Exception as e:  # jnius.JavaException: a damaged or foreign Lucene folder
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RerankError(
+                f"cannot open the Lucene index in {self.path} ({reason})", hint="rebuild it with --overwrite"
+            ) from None
         if self.meta.pretokenized:
             self._searcher.set_analyzer(autoclass("org.apache.lucene.analysis.core.WhitespaceAnalyzer")())
         else:

@@ -147,3 +147,12 @@ def test_malformed_line_while_lucene_reads_leaves_nothing(tmp_path):
     with pytest.raises(RerankError, match=r"docs.jsonl:2: not valid JSON"):
         index_file(src, tmp_path / "idx", "en", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]
+
+
+def test_damaged_lucene_folder_is_one_error(en_index, tmp_path):
+    copy = tmp_path / "damaged"
+    shutil.copytree(en_index, copy)
+    for f in (copy / "lucene").iterdir():
+        f.unlink()
+    with pytest.raises(RerankError, match="cannot open the Lucene index"):
+        BM25Index(copy)
