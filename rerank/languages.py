@@ -30,9 +30,6 @@ EXTRA_ALIASES = {"kg": "ky", "kyrgyz": "ky", "kirgiz": "ky", "uighur": "ug", "uy
 #: Names people use today, where ISO's reference name is an older spelling.
 DISPLAY_NAMES = {"ky": "Kyrgyz", "ug": "Uyghur"}
 
-#: The languages the product is built and tested for (queries and documents).
-FOCUS = ("ky", "ug", "tr", "en", "de", "ru")
-
 
 class Language(NamedTuple):
     code: str  # ISO 639-1

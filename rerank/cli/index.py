@@ -37,10 +37,6 @@ def index(
     from rerank.indexes.bm25 import index_file
 
     language = languages.resolve(lang)
-    if out_dir.exists() and not overwrite:
-        from rerank.errors import RerankError
-
-        raise RerankError(f"output already exists: {out_dir}", hint="choose another --out or pass --overwrite")
     started = time.perf_counter()
     meta = index_file(
         docs, out_dir, language.code, overwrite=overwrite, threads=threads, k1=k1, b=b, progress=not quiet

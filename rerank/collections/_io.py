@@ -75,11 +75,16 @@ def json_lines(path: str | os.PathLike, what: str, expected: str) -> Iterator[tu
             ) from None
 
 
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """The one rule for every output: an existing file or folder is replaced only with ``overwrite``."""
+    if path.exists() and not overwrite:
+        raise RerankError(f"output already exists: {path}", hint="choose another path or pass --overwrite")
+
+
 def check_writable_target(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse to replace an existing output unless ``overwrite``; make sure the parent can be created."""
     p = Path(path)
-    if p.exists() and not overwrite:
-        raise RerankError(f"output already exists: {p}", hint="choose another path or pass --overwrite")
+    refuse_existing(p, overwrite)
     if p.is_dir():
         raise RerankError(f"output path is a folder: {p}", hint="give a file name")
     _make_parent(p)
@@ -123,8 +128,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     With ``overwrite`` an existing folder is replaced only once the new one is complete.
     """
     p = Path(path)
-    if p.exists() and not overwrite:
-        raise RerankError(f"output already exists: {p}", hint="choose another path or pass --overwrite")
+    refuse_existing(p, overwrite)
     _make_parent(p)
     tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rerank import __version__, languages
-from rerank.collections._io import atomic_dir, check_readable
+from rerank.collections._io import atomic_dir, check_readable, refuse_existing
 from rerank.errors import RerankError
 from rerank.indexes import jvm
 from rerank.indexes.docstore import DocStore, write_docstore
@@ -266,6 +266,7 @@ def index_file(
 
     p = check_readable(path, "documents file")
     language = languages.resolve(lang)
+    refuse_existing(Path(out), overwrite)  # before any pass over the file
     kw = dict(overwrite=overwrite, threads=threads, k1=k1, b=b, source=p, progress=progress)
     total = _count_lines(p) if progress and p.name.endswith((".jsonl", ".jsonl.gz")) else None
     if language.lucene and _pyserini_shaped(p):
