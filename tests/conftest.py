@@ -56,3 +56,43 @@ def raises_at(path: Path, line: int, problem: str, fn, *args) -> str:
     msg = str(e.value)
     assert msg.startswith(f"{path}:{line}: ") and problem in msg, msg
     return msg
+
+
+@pytest.fixture(scope="session")
+def e5_dir() -> Path:
+    """The embedded backbone, converted once into the user cache ($RERANK_HOME) and reused."""
+    from rerank.backbone import default_backbone
+
+    return default_backbone()
+
+
+def make_tiny_bert(out: Path, tokenizer_from: Path, seed: int = 0) -> Path:
+    """A random BERT small enough for unit tests (hidden 32, 2 layers), with the real e5 tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=250037,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=1,
+    )
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tokenizer_from), local_files_only=True).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(e5_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "tiny-bert", e5_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rerank.scoring.cross import init_cross_encoder
+
+    return init_cross_encoder(tiny_bert, tmp_path_factory.mktemp("tiny") / "tiny-cross", seed=0)

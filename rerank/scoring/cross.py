@@ -1,0 +1,130 @@
+"""The cross-encoder: (query, document) → one logit from a ranking head on the backbone.
+
+A cross-encoder folder is a Hugging Face sequence-classification folder with one label (what
+sentence-transformers' ``CrossEncoder`` also loads). Pairs are cut to ``max_length`` tokens (256 by
+default) by shortening the document: the query is kept whole unless it alone would leave the
+document fewer than ``MIN_DOC_TOKENS``, in which case it is cut too, with a warning.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rerank.errors import RerankError
+from rerank.scoring.batching import length_sorted_batches, pad_batch
+from rerank.scoring.encoder import resolve, warn
+from rerank.scoring.runtime import load_tokenizer, load_weights, pick_device
+
+DEFAULT_MAX_LENGTH = 256
+MIN_DOC_TOKENS = 16
+
+
+class CrossEncoder:
+    """>>> ce = CrossEncoder("path/to/cross-encoder")
+    >>> ce.predict([("query", "a document"), ("query", "another")])   # array of 2 logits
+    """
+
+    kind = "cross"
+
+    def __init__(self, model=None, *, device: str | None = None, max_length: int = DEFAULT_MAX_LENGTH,
+                 max_tokens: int = 2048):
+        self.info = resolve(model)
+        if not self.info.has_head:
+            raise RerankError(
+                f"{self.info.path} has no ranking head (a sequence-classification head with one output)",
+                hint="use --reranker bi, or a cross-encoder folder (backbone + head, e.g. from `rerank train task`)",
+            )
+        self.device = pick_device(device)
+        self.tokenizer = load_tokenizer(self.info.path)
+        self.model = load_weights(self.info.path, head=True, device=self.device)
+        self.max_length = min(max_length, self.info.max_length)
+        self.max_tokens = max_tokens
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._types = "token_type_ids" in self.tokenizer.model_input_names
+        self._specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+        if self.max_length < self._specials + 2 * MIN_DOC_TOKENS:
+            raise RerankError(f"max_length {max_length} is too short for a query–document pair",
+                              hint=f"use at least {self._specials + 2 * MIN_DOC_TOKENS}")
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None, int]:
+        """Token ids (and token types, for BERT-style tokenizers) per pair; how many queries were cut.
+        Each distinct query and document is tokenized once."""
+        tok = self.tokenizer
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        docs = list(dict.fromkeys(d for _, d in pairs))
+        kw = dict(add_special_tokens=False, truncation=False, return_attention_mask=False,
+                  return_token_type_ids=False, verbose=False)
+        q_ids = dict(zip(queries, tok(queries, **kw)["input_ids"], strict=True))
+        d_ids = dict(zip(docs, tok(docs, **kw)["input_ids"], strict=True)) if docs else {}
+        room = self.max_length - self._specials
+        q_budget = room - MIN_DOC_TOKENS
+        cut = {q for q, ids in q_ids.items() if len(ids) > q_budget}
+        ids_out, types_out = [], [] if self._types else None
+        for q, d in pairs:
+            qi = q_ids[q][:q_budget]
+            di = d_ids[d][: room - len(qi)]
+            ids_out.append(tok.build_inputs_with_special_tokens(qi, di))
+            if types_out is not None:
+                types_out.append(tok.create_token_type_ids_from_sequences(qi, di))
+        return ids_out, types_out, len(cut)
+
+    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> np.ndarray:
+        """One logit per (query, document) pair, in input order (float32)."""
+        import torch
+        from tqdm.auto import tqdm
+
+        pairs = list(pairs)
+        scores = np.zeros(len(pairs), dtype=np.float32)
+        if not pairs:
+            return scores
+        ids, types, cut = self.encode_pairs(pairs)
+        if cut:
+            warn(f"{cut} queries are longer than the cross-encoder's {self.max_length} tokens allow; "
+                 "they were truncated")
+        with torch.inference_mode(), tqdm(total=len(ids), desc="cross-encoder", unit="pair",
+                                          disable=not progress, leave=False, file=sys.stderr) as bar:
+            for batch in length_sorted_batches([len(s) for s in ids], self.max_tokens):
+                tok_ids, mask = pad_batch([ids[i] for i in batch], self.pad_id)
+                inputs = {"input_ids": torch.from_numpy(tok_ids).to(self.device),
+                          "attention_mask": torch.from_numpy(mask).to(self.device)}
+                if types is not None:
+                    inputs["token_type_ids"] = torch.from_numpy(pad_batch([types[i] for i in batch], 0)[0]).to(
+                        self.device)
+                logits = self.model(**inputs).logits
+                scores[batch] = logits[:, 0].float().cpu().numpy()
+                bar.update(len(batch))
+        return scores
+
+
+def init_cross_encoder(backbone, out: str | Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write a cross-encoder folder: the backbone's encoder plus a freshly initialised one-output
+    ranking head (what ranking-module training starts from). Atomic: a temporary folder, then rename."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from rerank.collections._io import atomic_dir
+
+    info = resolve(backbone)
+    cfg = AutoConfig.from_pretrained(str(info.path), local_files_only=True, num_labels=1)
+    cfg.problem_type = "regression"  # one logit; keeps transformers from applying softmax anywhere
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(seed)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier…" is the point here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(info.path), config=cfg, local_files_only=True, use_safetensors=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    with atomic_dir(out, overwrite) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        load_tokenizer(info.path).save_pretrained(str(tmp))
+        meta = Path(info.path) / "rerank-backbone.json"
+        if meta.is_file():
+            (tmp / "rerank-backbone.json").write_text(meta.read_text(encoding="utf-8"), encoding="utf-8")
+    return Path(out)

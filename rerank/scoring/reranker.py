@@ -1,0 +1,85 @@
+"""``Reranker``: one front for the bi-encoder and the cross-encoder, shaped like sentence-transformers'
+``CrossEncoder.predict`` / ``.rank``.
+
+>>> from rerank import Reranker
+>>> Reranker().rank("query", ["doc a", "doc b"], top_k=10)
+[{'corpus_id': 1, 'score': 0.83, 'text': 'doc b'}, {'corpus_id': 0, 'score': 0.79, 'text': 'doc a'}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from rerank.errors import RerankError
+from rerank.scoring.encoder import resolve, warn
+from rerank.types import ScoredDoc
+
+KINDS = ("auto", "bi", "cross")
+
+
+class Reranker:
+    """Scores query–document pairs with a cross-encoder (a backbone folder with a ranking head) or,
+    for a plain backbone, with the bi-encoder (cosine of embeddings). ``kind="auto"`` picks the
+    cross-encoder when the folder has a head. ``model=None`` is the embedded multilingual-e5-small."""
+
+    def __init__(self, model=None, kind: str = "auto", *, device: str | None = None, max_length: int | None = None):
+        if kind not in KINDS:
+            raise RerankError(f"unknown reranker {kind!r}", hint="use bi, cross or auto")
+        info = resolve(model)
+        if kind == "auto":
+            kind = "cross" if info.has_head else "bi"
+        if kind == "cross":
+            from rerank.scoring.cross import DEFAULT_MAX_LENGTH, CrossEncoder
+
+            self.scorer = CrossEncoder(info, device=device, max_length=max_length or DEFAULT_MAX_LENGTH)
+        else:
+            from rerank.scoring.encoder import BiEncoder
+
+            self.scorer = BiEncoder(info, device=device, max_length=max_length)
+        self.kind = kind
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"Reranker(kind={self.kind!r}, model={str(self.info.path)!r})"
+
+    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> np.ndarray:
+        """A score per (query, document) pair, in input order; higher is more relevant."""
+        return self.scorer.predict(pairs, progress=progress)
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
+             return_documents: bool = True) -> list[dict]:
+        """Documents sorted by score: ``[{"corpus_id": i, "score": s, "text": doc}, …]`` (the shape of
+        sentence-transformers' ``CrossEncoder.rank``). Empty documents are ranked last, with a warning."""
+        if not isinstance(query, str) or not query.strip():
+            raise RerankError("empty query", hint="give the query some words")
+        documents = list(documents)
+        if any(not isinstance(d, str) for d in documents):
+            raise RerankError("documents must be strings", hint="pass a list of document texts")
+        order, scores = self._order(query, documents, list(range(len(documents))))
+        ranked = [{"corpus_id": i, "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
+                  for i in order]
+        return ranked[:top_k] if top_k is not None else ranked
+
+    def rerank(self, query_id: str, query: str, candidates: Sequence[ScoredDoc], text: Callable[[str], str] | Mapping,
+               top_k: int | None = None) -> list[ScoredDoc]:
+        """Rescore a first-stage list; ``text`` gives a document's text by id. Ties keep first-stage order."""
+        get = text.get if isinstance(text, Mapping) else text
+        texts = [get(c.doc_id) or "" for c in candidates]
+        order, scores = self._order(query, texts, list(range(len(candidates))))
+        out = [ScoredDoc(query_id, candidates[i].doc_id, float(scores[i])) for i in order]
+        return out[:top_k] if top_k is not None else out
+
+    def _order(self, query: str, texts: list[str], prior: list[int]) -> tuple[list[int], np.ndarray]:
+        """Indices sorted by score (descending; ties by ``prior``, the earlier rank), and the scores.
+        Empty texts are not scored: they go last with score -inf."""
+        full = [i for i, t in enumerate(texts) if t.strip()]
+        empty = len(texts) - len(full)
+        if empty:
+            warn(f"{empty} of {len(texts)} documents have no text; they are ranked last")
+        scores = np.full(len(texts), -np.inf, dtype=np.float32)
+        if full:
+            scores[full] = self.predict([(query, texts[i]) for i in full])
+        order = sorted(range(len(texts)), key=lambda i: (-scores[i], prior[i]))
+        return order, scores
