@@ -113,7 +113,7 @@ def summary(ours: list[float], theirs: list[float], work_units: int, unit: str) 
 
 def bench_indexing(docs: Path, n_docs: int, work: Path, repeats: int, threads: int, env: dict) -> dict:
     ours = [str(BIN / "rerank"), "index", "--docs", str(docs), "--lang", "en", "--out", str(work / "idx-ours")]
-    ours += ["--threads", str(threads), "--quiet"]
+    ours += ["--no-dense", "--threads", str(threads), "--quiet"]
     theirs = [sys.executable, "-m", "pyserini.index.lucene", "--collection", "JsonCollection", "--input"]
     theirs += [str(docs.parent), "--index", str(work / "idx-theirs"), "--threads", str(threads)]
     theirs += ["--storePositions", "--storeDocvectors", "--language", "en"]
@@ -155,7 +155,8 @@ def bench_search(index: Path, topics: Path, repeats: int, threads: int, k: int) 
 def bench_search_cli(index: Path, topics: Path, work: Path, repeats: int, threads: int, k: int, env: dict) -> dict:
     n = sum(1 for _ in topics.open(encoding="utf-8"))
     ours = [str(BIN / "rerank"), "search", "--index", str(index), "--topics", str(topics), "-k", str(k)]
-    ours += ["--threads", str(threads), "--output", str(work / "run-ours.trec"), "--quiet"]
+    ours += ["--first-stage", "bm25", "--reranker", "none", "--threads", str(threads), "--quiet"]
+    ours += ["--output", str(work / "run-ours.trec")]
     theirs = [sys.executable, "-m", "pyserini.search.lucene", "--index", str(index / "lucene"), "--topics"]
     theirs += [str(topics), "--output", str(work / "run-theirs.trec"), "--hits", str(k), "--bm25", "--language"]
     theirs += ["en", "--threads", str(threads), "--batch-size", "256"]

@@ -21,36 +21,60 @@ def search(
     ] = None,
     topics_format: Annotated[str, typer.Option("--topics-format", help="auto, tsv, trec, clef or hc4.")] = "auto",
     field: Annotated[str, typer.Option("--field", help="Topic field to search: title, desc or title+desc.")] = "title",
+    first_stage: Annotated[
+        str,
+        typer.Option("--first-stage", help="bm25, dense, hybrid (RRF of both) or auto (by query/document language)."),
+    ] = "auto",
+    reranker: Annotated[
+        str, typer.Option("--reranker", help="none, bi (embedding cosine), cross (ranking head) or auto.")
+    ] = "auto",
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Reranker folder: a backbone, or a cross-encoder [default: embedded e5-small]."),
+    ] = None,
+    dense_model: Annotated[
+        Path | None, typer.Option("--dense-model", help="Backbone the dense index was built with [default: --model].")
+    ] = None,
+    depth: Annotated[int, typer.Option("--depth", min=1, help="How many first-stage results are reranked.")] = 100,
+    fusion_weights: Annotated[
+        str | None, typer.Option("--fusion-weights", help="RRF weights bm25,dense for hybrid, e.g. 0.25,1.")
+    ] = None,
+    fusion_k: Annotated[float, typer.Option("--fusion-k", min=0.0, help="RRF constant k.")] = 60.0,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", min=8, help="Reranker input tokens [default: 256 cross, 512 bi].")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda [default: cuda if present].")] = None,
     k: Annotated[
         int | None, typer.Option("-k", "--k", min=1, help="Results per query [default: 100 for runs, 10 on screen].")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write a TREC run file here.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
-    tag: Annotated[str, typer.Option("--tag", help="Run tag (6th column).")] = "rerank-bm25",
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Search threads for --topics.")] = 2,
+    tag: Annotated[str | None, typer.Option("--tag", help="Run tag [default: the system name].")] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="BM25 search threads for --topics.")] = 2,
     analyzer: Annotated[
         str | None,
         typer.Option("--analyzer", help="Refuse the index unless it was built with this analyzer (e.g. lucene-en)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Search an index with BM25: a table for one query, a TREC run for a topics file.
+    """Search an index: first stage (BM25, dense or hybrid), then rerank the top --depth.
 
-    One query prints rank, docid, score and a snippet. --topics searches every topic (in threads) and
-    writes a TREC run to --output, or prints it to stdout.
+    One query prints a table (rank, first-stage rank, docid, score, snippet). --topics searches every
+    topic and writes a TREC run to --output, or prints it to stdout.
     """
     from rerank import languages
     from rerank.collections._io import check_writable_target
     from rerank.collections.topics import read_topics
     from rerank.collections.trec import format_run_lines, write_run
     from rerank.errors import RerankError
-    from rerank.indexes.bm25 import BM25Index
+    from rerank.pipeline import Pipeline
     from rerank.types import Query
 
     if (query is None) == (topics is None):
         raise RerankError(
             "give either a query or --topics FILE", hint='e.g. rerank search --index DIR --lang tr "sorgu"'
         )
+    weights = _weights(fusion_weights)
     code = languages.code(lang) if lang else ""
     if output is not None:
         check_writable_target(output, overwrite)
@@ -62,28 +86,63 @@ def search(
         queries = read_topics(topics, topics_format, lang, field)
         code = code or (queries[0].lang if queries else "")
     k = k or (100 if (output or topics) else 10)
-    idx = BM25Index(index, analyzer=analyzer)
-    if code and code != idx.meta.language and not quiet:
-        err.print(
-            f"note: {code} queries over {idx.meta.language} documents: BM25 only matches words the two "
-            "languages share (names, numbers); a reranker or dense first stage is needed across languages"
-        )
+    pipe = Pipeline(
+        index,
+        first_stage=first_stage,
+        reranker=reranker,
+        model=model,
+        dense_model=dense_model,
+        depth=depth,
+        fusion_k=fusion_k,
+        fusion_weights=weights,
+        device=device,
+        max_length=max_length,
+        analyzer=analyzer,
+    )
     try:
+        stage = pipe.plan(code or None)
+        system = _system_name(stage, pipe)
+        if code and code != pipe.doc_lang and stage.kind == "bm25" and not quiet:
+            err.print(
+                f"note: {code} queries over {pipe.doc_lang} documents: BM25 only matches words the two "
+                "languages share (names, numbers); a dense or hybrid first stage is needed across languages"
+            )
+        final, first = pipe.run(queries, k=k, progress=not quiet and query is None, threads=threads)
         if query is not None and output is None:
-            hits = idx.search(query, k=k, query_id="q1")
-            _table(idx, query, hits)
+            _table(pipe, query, final["q1"], first["q1"], system)
             return
-        run = idx.batch_search(queries, k=k, threads=threads, progress=not quiet)
-        flat = [sd for q in queries for sd in run[q.query_id]]
+        flat = [sd for q in queries for sd in final[q.query_id]]
+        tag = tag or system.replace(" ", "")
         if output is not None:
             n = write_run(flat, output, tag=tag, overwrite=overwrite)
-            empty = sum(1 for q in queries if not run[q.query_id])
-            msg = f"wrote {n:,} lines for {len(queries)} queries to {output}"
-            out.print(msg + (f" ({empty} queries found nothing)" if empty else ""))
+            empty = sum(1 for q in queries if not final[q.query_id])
+            msg = f"wrote {n:,} lines for {len(queries)} queries to {output} ({system})"
+            out.print(msg + (f"; {empty} queries found nothing" if empty else ""))
         else:
             sys.stdout.writelines(format_run_lines(flat, tag))
     finally:
-        idx.close()
+        pipe.close()
+
+
+def _weights(text: str | None) -> tuple[float, float] | None:
+    from rerank.errors import RerankError
+
+    if text is None:
+        return None
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 2:
+        raise RerankError(f"--fusion-weights {text!r} is not two numbers", hint="give bm25,dense, e.g. 0.25,1")
+    return parts  # type: ignore[return-value]
+
+
+def _system_name(stage, pipe) -> str:
+    first = "hybrid" if stage.kind == "hybrid" else stage.kind
+    if pipe.reranker_kind == "none":
+        return first
+    return f"{first}+{pipe.reranker.kind}"
 
 
 def snippet(text: str, query: str, width: int = 90) -> str:
@@ -99,30 +158,36 @@ def snippet(text: str, query: str, width: int = 90) -> str:
     return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
 
 
-def _table(idx, query: str, hits) -> None:
+def _table(pipe, query: str, hits, first, system: str) -> None:
     from rich import box
     from rich.table import Table
 
     from rerank.collections.trec import strict_order
 
     if not hits:
-        out.print(f"no document matches {query!r} in {idx.path}")
+        out.print(f"no document matches {query!r} in {pipe.path}")
         return
     hits = strict_order(hits)
-    docs = idx.docstore.get_many([h.doc_id for h in hits])
+    first_rank = {sd.doc_id: r for r, sd in enumerate(first, start=1)}
+    docs = pipe.bm25.docstore.get_many([h.doc_id for h in hits])
     id_width = max(5, max(len(h.doc_id) for h in hits))
-    room = max(30, out.width - id_width - 4 - 9 - 12)
+    reranked = pipe.reranker_kind != "none"
+    room = max(30, out.width - id_width - 4 - 9 - 12 - (7 if reranked else 0))
     table = Table(
         box=box.SIMPLE_HEAD,
         title_justify="left",
         pad_edge=False,
-        title=f"BM25 · {idx.path} · {idx.meta.documents:,} docs · analyzer {idx.meta.analyzer}",
+        title=f"{system} · {pipe.path} · {pipe.bm25.meta.documents:,} docs ({pipe.doc_lang})"
+        + (f" · reranked top {pipe.depth}" if reranked else ""),
     )
     table.add_column("rank", justify="right", no_wrap=True, min_width=4)
+    if reranked:
+        table.add_column("first", justify="right", no_wrap=True, min_width=5)
     table.add_column("docid", no_wrap=True, min_width=id_width)
     table.add_column("score", justify="right", no_wrap=True, min_width=7)
     table.add_column("snippet", no_wrap=True, overflow="ellipsis", min_width=20)
     for rank, h in enumerate(hits, start=1):
         d = docs.get(h.doc_id)
-        table.add_row(str(rank), h.doc_id, f"{h.score:.3f}", snippet(d.contents if d else "", query, room))
+        row = [str(rank)] + ([str(first_rank.get(h.doc_id, "–"))] if reranked else [])
+        table.add_row(*row, h.doc_id, f"{h.score:.3f}", snippet(d.contents if d else "", query, room))
     out.print(table)

@@ -36,9 +36,13 @@ def assert_one_line_error(code, err, *needles):
 
 def test_index_then_search_table(capsys, tmp_path, udhr_dir):
     out = tmp_path / "udhr-en"
-    code, stdout, _ = rerank(capsys, "index", "--docs", udhr_dir / "docs.en.jsonl", "--lang", "en", "--out", out, "-q")
+    code, stdout, _ = rerank(
+        capsys, "index", "--docs", udhr_dir / "docs.en.jsonl", "--lang", "en", "--out", out, "-q", "--no-dense"
+    )
     assert code == 0 and "indexed 60 documents (English, analyzer lucene-en)" in stdout
-    code, stdout, _ = rerank(capsys, "search", "--index", out, "--lang", "en", "right to freedom of peaceful assembly")
+    code, stdout, _ = rerank(
+        capsys, "search", "--reranker", "none", "--index", out, "--lang", "en", "right to freedom of peaceful assembly"
+    )
     assert code == 0
     rows = [line.split() for line in stdout.splitlines() if line.strip().startswith(("1 ", "2 ", "10 "))]
     assert rows[0][:2] == ["1", "udhr-a20-p1"]  # Article 20: peaceful assembly and association
@@ -49,8 +53,10 @@ def test_index_then_search_table(capsys, tmp_path, udhr_dir):
 def test_turkish_query_over_english_documents(capsys, tmp_path, udhr_dir):
     """The README's Turkish example: BM25 across languages matches only shared strings."""
     out = tmp_path / "udhr-en"
-    rerank(capsys, "index", "--docs", udhr_dir / "docs.en.jsonl", "--lang", "en", "--out", out, "-q")
-    code, stdout, err = rerank(capsys, "search", "--index", out, "--lang", "tr", "Madde 13: seyahat hürriyeti")
+    rerank(capsys, "index", "--docs", udhr_dir / "docs.en.jsonl", "--lang", "en", "--out", out, "-q", "--no-dense")
+    code, stdout, err = rerank(
+        capsys, "search", "--reranker", "none", "--index", out, "--lang", "tr", "Madde 13: seyahat hürriyeti"
+    )
     assert code == 0 and "note: tr queries over en documents" in err
 
 
@@ -59,6 +65,8 @@ def test_topics_to_trec_run(capsys, tmp_path, udhr_dir, ky_index):
     code, stdout, _ = rerank(
         capsys,
         "search",
+        "--reranker",
+        "none",
         "--index",
         ky_index,
         "--topics",
@@ -90,7 +98,17 @@ def test_topics_to_trec_run(capsys, tmp_path, udhr_dir, ky_index):
     assert mrr > 0.9
     # without --output the run goes to stdout
     code, stdout, _ = rerank(
-        capsys, "search", "--index", ky_index, "--topics", udhr_dir / "topics.ky.tsv", "-k", "3", "-q"
+        capsys,
+        "search",
+        "--reranker",
+        "none",
+        "--index",
+        ky_index,
+        "--topics",
+        udhr_dir / "topics.ky.tsv",
+        "-k",
+        "3",
+        "-q",
     )
     assert code == 0 and len(stdout.splitlines()) == 93 and stdout.splitlines()[0].startswith("a00 Q0 udhr-a00-p")
 
@@ -155,7 +173,9 @@ def test_malformed_files_name_the_line(capsys, tmp_path, kind, content, needle):
 
 def test_malformed_documents_leave_no_index(capsys, tmp_path):
     docs = write(tmp_path / "d.jsonl", '{"id": "a", "contents": "fine"}\n{"id": "b"}\n')
-    code, _, err = rerank(capsys, "index", "--docs", docs, "--lang", "en", "--out", tmp_path / "idx", "-q")
+    code, _, err = rerank(
+        capsys, "index", "--docs", docs, "--lang", "en", "--out", tmp_path / "idx", "-q", "--no-dense"
+    )
     assert_one_line_error(code, err, "d.jsonl:2:", 'neither "contents" nor "text"')
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 
@@ -197,7 +217,17 @@ def test_index_built_for_another_analyzer(capsys, en_index, ky_index):
     code, _, err = rerank(capsys, "search", "--index", ky_index, "--analyzer", "lucene-en", "укук")
     assert_one_line_error(code, err, "built with analyzer 'unicode-words-v1'")
     code, stdout, _ = rerank(
-        capsys, "search", "--index", ky_index, "--analyzer", "unicode-words-v1", "укук", "-k", "1"
+        capsys,
+        "search",
+        "--reranker",
+        "none",
+        "--index",
+        ky_index,
+        "--analyzer",
+        "unicode-words-v1",
+        "укук",
+        "-k",
+        "1",
     )
     assert code == 0 and "udhr-" in stdout
 
@@ -205,13 +235,15 @@ def test_index_built_for_another_analyzer(capsys, en_index, ky_index):
 def test_existing_outputs_are_refused_without_overwrite(capsys, tmp_path, udhr_dir, en_index):
     run = write(tmp_path / "run.trec", "keep me\n")
     code, _, err = rerank(
-        capsys, "search", "--index", en_index, "--topics", udhr_dir / "topics.en.tsv", "--output", run
+        capsys, "search", "--reranker", "none", "--index", en_index, "--topics", udhr_dir / "topics.en.tsv", "-o", run
     )
     assert_one_line_error(code, err, "output already exists", "--overwrite")
     assert run.read_text() == "keep me\n"
     code, _, _ = rerank(
         capsys,
         "search",
+        "--reranker",
+        "none",
         "--index",
         en_index,
         "--topics",
@@ -234,3 +266,154 @@ def test_usage_errors_are_one_line_in_a_real_process():
         )
         assert_one_line_error(p.returncode, p.stderr)
         assert "see `rerank search --help`" in p.stderr
+
+
+# ------------------------------------------------------- dense / hybrid / reranking (tiny random model)
+
+
+@pytest.fixture(scope="module")
+def hybrid_index(tmp_path_factory, udhr_dir, tiny_bert):
+    """A Kyrgyz index with its dense part, built through the CLI with the tiny backbone."""
+    out = tmp_path_factory.mktemp("cli") / "udhr-ky"
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "index",
+                "--docs",
+                str(udhr_dir / "docs.ky.jsonl"),
+                "--lang",
+                "ky",
+                "--out",
+                str(out),
+                "-q",
+                "--model",
+                str(tiny_bert),
+            ]
+        )
+    assert e.value.code == 0
+    return out
+
+
+def test_index_builds_the_dense_part_and_dense_only_rebuilds_it(capsys, hybrid_index, tiny_bert):
+    meta = json.loads((hybrid_index / "dense" / "dense.json").read_text())
+    assert meta["documents"] == 59 and meta["dim"] == 32 and meta["kind"] == "flat"
+    code, _, err = rerank(capsys, "index", "--dense-only", "--out", hybrid_index, "--model", tiny_bert)
+    assert_one_line_error(code, err, "output already exists", "--overwrite")
+    code, stdout, _ = rerank(
+        capsys,
+        "index",
+        "--dense-only",
+        "--out",
+        hybrid_index,
+        "--model",
+        tiny_bert,
+        "--overwrite",
+        "--dense-kind",
+        "hnsw",
+        "-q",
+    )
+    assert code == 0 and "faiss hnsw" in stdout
+    code, stdout, _ = rerank(
+        capsys, "index", "--dense-only", "--out", hybrid_index, "--model", tiny_bert, "--overwrite", "-q"
+    )
+    assert code == 0 and "faiss flat" in stdout
+
+
+def test_search_table_shows_first_stage_rank_beside_the_reranked_rank(capsys, hybrid_index, tiny_bert, udhr_dir):
+    query = (udhr_dir / "topics.ky.tsv").read_text(encoding="utf-8").splitlines()[3].split("\t")[1]
+    code, stdout, _ = rerank(capsys, "search", "--index", hybrid_index, "--lang", "ky", "--model", tiny_bert, query)
+    assert code == 0 and "hybrid · " in stdout and "reranked" not in stdout  # auto: no bi after its own dense
+    code, stdout, _ = rerank(
+        capsys, "search", "--index", hybrid_index, "--lang", "ky", "--model", tiny_bert, "--reranker", "bi", query
+    )
+    assert code == 0, stdout
+    assert "hybrid+bi" in stdout and "reranked top 100" in stdout
+    header = next(line for line in stdout.splitlines() if "rank" in line and "docid" in line)
+    assert header.split()[:3] == ["rank", "first", "docid"]
+    rows = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(1, 11))
+    firsts = [int(r[1]) for r in rows]  # each reranked document's rank in the hybrid first stage
+    assert len(set(firsts)) == 10 and all(1 <= f <= 59 for f in firsts)
+    assert all(r[2].startswith("udhr-a") for r in rows)
+
+
+@pytest.mark.parametrize("first_stage", ["bm25", "dense", "hybrid"])
+@pytest.mark.parametrize("reranker", ["none", "bi", "cross"])
+def test_search_topics_every_first_stage_and_reranker(
+    capsys, tmp_path, hybrid_index, tiny_bert, tiny_cross, udhr_dir, first_stage, reranker
+):
+    run = tmp_path / "run.trec"
+    model = tiny_cross if reranker == "cross" else tiny_bert
+    code, stdout, err = rerank(
+        capsys,
+        "search",
+        "--index",
+        hybrid_index,
+        "--topics",
+        udhr_dir / "topics.ky.tsv",
+        "--first-stage",
+        first_stage,
+        "--reranker",
+        reranker,
+        "--model",
+        model,
+        "--dense-model",
+        tiny_bert,
+        "--depth",
+        "20",
+        "-k",
+        "30",
+        "-o",
+        run,
+        "-q",
+    )
+    assert code == 0, err
+    name = first_stage if reranker == "none" else f"{first_stage}+{reranker}"
+    assert f"({name})" in stdout
+    lines = [line.split() for line in run.read_text().splitlines()]
+    assert {c[5] for c in lines} == {name} and len({c[0] for c in lines}) == 31
+    for qid in {c[0] for c in lines}:
+        scores = np.asarray([float(c[4]) for c in lines if c[0] == qid], dtype=np.float32)
+        assert len(scores) == 30 and np.all(np.diff(scores) < 0)
+
+
+def test_search_bad_reranking_input(capsys, tmp_path, hybrid_index, en_index, tiny_bert, e5_dir):
+    from tests.conftest import make_tiny_bert
+
+    q = ["search", "--index", hybrid_index, "--model", tiny_bert, "--dense-model", tiny_bert]
+    code, _, err = rerank(capsys, *q, "--first-stage", "sparse", "x")
+    assert_one_line_error(code, err, "unknown first stage 'sparse'", "bm25, dense, hybrid")
+    code, _, err = rerank(capsys, *q, "--reranker", "colbert", "x")
+    assert_one_line_error(code, err, "unknown reranker 'colbert'")
+    code, _, err = rerank(capsys, *q, "--reranker", "cross", "x")
+    assert_one_line_error(code, err, "no ranking head", "--reranker bi")
+    code, _, err = rerank(capsys, *q, "--fusion-weights", "1", "x")
+    assert_one_line_error(code, err, "--fusion-weights '1' is not two numbers")
+    code, _, err = rerank(capsys, "search", "--index", en_index, "--first-stage", "dense", "--reranker", "none", "x")
+    assert_one_line_error(code, err, "has no dense index", "rerank index --dense-only")
+    # a model folder without weights, without a tokenizer, and one that does not exist
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny_bert / "config.json").read_text())
+    code, _, err = rerank(capsys, "search", "--index", hybrid_index, "--model", no_weights, "x")
+    assert_one_line_error(code, err, "has no model weights")
+    no_tok = make_tiny_bert(tmp_path / "no-tok", e5_dir)
+    for f in no_tok.glob("tokenizer*"):
+        f.unlink()
+    code, _, err = rerank(capsys, "search", "--index", hybrid_index, "--model", no_tok, "x")
+    assert_one_line_error(code, err, "has no tokenizer")
+    code, _, err = rerank(capsys, "search", "--index", hybrid_index, "--model", "intfloat/multilingual-e5-base", "x")
+    assert_one_line_error(code, err, "hub id", "downloads nothing")
+    # a dense index built with another backbone
+    other = make_tiny_bert(tmp_path / "other", e5_dir, seed=3)
+    code, _, err = rerank(capsys, "search", "--index", hybrid_index, "--model", other, "--first-stage", "hybrid", "x")
+    assert_one_line_error(code, err, "was built with backbone", "--model")
+
+
+def test_a_query_longer_than_the_model_is_truncated_with_a_warning(capsys, hybrid_index, tiny_bert, udhr_dir):
+    long_query = " ".join((udhr_dir / "docs.ky.jsonl").read_text(encoding="utf-8").split()[:600])
+    code, stdout, err = rerank(
+        capsys, "search", "--index", hybrid_index, "--model", tiny_bert, "--lang", "ky", long_query[:20000]
+    )
+    assert code == 0 and "Traceback" not in err
+    assert "longer than the model's 512 tokens" in err

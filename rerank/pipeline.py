@@ -1,0 +1,227 @@
+"""First stage (BM25, dense or both fused) → rerank the top ``depth`` → results.
+
+>>> from rerank import Pipeline
+>>> pipe = Pipeline.from_index("indexes/udhr-en")
+>>> pipe.search("Ар бир адам эркин жүрүүгө укуктуу", lang="ky", k=10)      # list[ScoredDoc]
+
+``first_stage="auto"`` chooses by the query and document languages (:func:`choose_first_stage`).
+``reranker="auto"`` is the cross-encoder when the model folder has a ranking head; without one, the
+bi-encoder — except after a dense or hybrid first stage of the same backbone, where re-scoring by the
+same embeddings would only undo the fusion (measured: hybrid 0.906 → hybrid+bi 0.889 within a
+language), so nothing is reranked then. Results deeper than ``depth`` keep their first-stage order
+below the reranked ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rerank.errors import RerankError
+from rerank.indexes.fusion import DEFAULT_K
+from rerank.types import Query, ScoredDoc
+
+FIRST_STAGES = ("auto", "bm25", "dense", "hybrid")
+RERANKERS = ("auto", "none", "bi", "cross")
+DEFAULT_DEPTH = 100
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """What the first stage runs: ``kind`` and, for hybrid, RRF weights (bm25, dense)."""
+
+    kind: str
+    weights: tuple[float, float] = (1.0, 1.0)
+
+    def __str__(self) -> str:
+        return f"hybrid (RRF, weights bm25 {self.weights[0]:g} : dense {self.weights[1]:g})" \
+            if self.kind == "hybrid" else self.kind
+
+
+def choose_first_stage(query_lang: str | None, doc_lang: str, has_dense: bool) -> FirstStage:
+    """The ``auto`` first stage, from ``bench/first_stage.py`` on the bundled topics (nDCG@10, 16
+    query/document language pairs; README): within a language, equal-weight RRF of BM25 and dense
+    (0.906 mean vs BM25 0.901 and dense 0.889); across languages, dense alone — BM25 then matches only
+    shared strings (numbers, names, homographs such as English "die"/"the" in German), found nothing
+    for 11 of 12 pairs and pulled en→de down from 0.826 to 0.748 at equal weight (0.807 even at 0.1).
+    BM25 alone when the index has no dense part."""
+    if not has_dense:
+        return FirstStage("bm25")
+    if query_lang and query_lang != doc_lang:
+        return FirstStage("dense")
+    return FirstStage("hybrid", (1.0, 1.0))
+
+
+class Pipeline:
+    """A search system over one index folder: first stage, then an optional reranker."""
+
+    def __init__(self, index: str | os.PathLike, *, first_stage: str = "auto", reranker: str = "auto",
+                 model=None, dense_model=None, depth: int = DEFAULT_DEPTH, fusion_k: float = DEFAULT_K,
+                 fusion_weights: Sequence[float] | None = None, device: str | None = None,
+                 max_length: int | None = None, analyzer: str | None = None):
+        from rerank.indexes.bm25 import BM25Index
+        from rerank.indexes.dense import dense_path
+
+        if first_stage not in FIRST_STAGES:
+            raise RerankError(f"unknown first stage {first_stage!r}", hint=f"use one of: {', '.join(FIRST_STAGES)}")
+        if reranker not in RERANKERS:
+            raise RerankError(f"unknown reranker {reranker!r}", hint=f"use one of: {', '.join(RERANKERS)}")
+        if depth < 1:
+            raise RerankError(f"rerank depth must be ≥ 1, not {depth}", hint="the usual value is 100")
+        if fusion_weights is not None and first_stage not in ("hybrid", "auto"):
+            raise RerankError("fusion weights apply only to --first-stage hybrid", hint="drop --fusion-weights")
+        if fusion_weights is not None and len(fusion_weights) != 2:
+            raise RerankError(f"{len(fusion_weights)} fusion weights given; hybrid fuses two runs (bm25, dense)",
+                              hint="e.g. --fusion-weights 0.25,1")
+        self.path = Path(index)
+        self.bm25 = BM25Index(self.path, analyzer=analyzer)
+        self.doc_lang = self.bm25.meta.language
+        self.has_dense = (dense_path(self.path) / "dense.json").is_file()
+        if first_stage in ("dense", "hybrid") and not self.has_dense:
+            from rerank.indexes.dense import read_dense_meta
+
+            read_dense_meta(self.path)  # raises the "no dense index" error with the command that adds one
+        self.first_stage, self.reranker_kind = first_stage, reranker
+        self.depth, self.fusion_k = depth, fusion_k
+        self.fusion_weights = tuple(float(w) for w in fusion_weights) if fusion_weights is not None else None
+        self.device, self.max_length = device, max_length
+        self._model, self._dense_model = model, dense_model
+        self._dense = None
+        self._reranker = None
+        if reranker != "none":
+            self.reranker  # load now: a bad --model is reported before any searching  # noqa: B018
+        if reranker == "auto":
+            self._settle_auto_reranker()
+
+    @classmethod
+    def from_index(cls, index: str | os.PathLike, **kwargs) -> Pipeline:
+        return cls(index, **kwargs)
+
+    # -- parts, loaded on first use -------------------------------------------------------------
+    @property
+    def reranker(self):
+        if self._reranker is None and self.reranker_kind != "none":
+            from rerank.scoring.reranker import Reranker
+
+            self._reranker = Reranker(self._model, self.reranker_kind, device=self.device, max_length=self.max_length)
+        return self._reranker
+
+    def _settle_auto_reranker(self) -> None:
+        """``auto`` without a ranking head: skip the bi-encoder where the first stage already used the
+        same embeddings (dense or hybrid with the reranker's backbone)."""
+        from rerank.indexes.dense import read_dense_meta
+
+        rr = self.reranker
+        self.reranker_kind = rr.kind
+        if rr.kind == "bi" and self.has_dense and self.first_stage != "bm25" \
+                and self._dense_model is None and read_dense_meta(self.path).fingerprint == rr.info.fingerprint:
+            self.reranker_kind = "none"
+
+    @property
+    def dense(self):
+        if self._dense is None:
+            from rerank.indexes.dense import DenseIndex, read_dense_meta
+
+            enc = None
+            rr = self._reranker
+            if rr is not None and rr.kind == "bi" and self._dense_model is None \
+                    and rr.info.fingerprint == read_dense_meta(self.path).fingerprint:
+                enc = rr.scorer.encoder  # one backbone in memory when the bi-encoder is the dense model
+            self._dense = DenseIndex(self.path, enc, model=self._dense_model)
+        return self._dense
+
+    def plan(self, query_lang: str | None) -> FirstStage:
+        """The first stage that runs for queries in ``query_lang``."""
+        if self.first_stage == "auto" and self.fusion_weights is not None:
+            stage = FirstStage("hybrid")  # weights given: the user asks for fusion
+        elif self.first_stage == "auto":
+            stage = choose_first_stage(query_lang, self.doc_lang, self.has_dense)
+        elif self.first_stage == "hybrid":
+            stage = FirstStage("hybrid")
+        else:
+            stage = FirstStage(self.first_stage)
+        if stage.kind == "hybrid" and self.fusion_weights is not None:
+            stage = FirstStage("hybrid", self.fusion_weights)  # type: ignore[arg-type]
+        return stage
+
+    # -- searching ------------------------------------------------------------------------------
+    def search(self, query: str, lang: str | None = None, k: int = 10) -> list[ScoredDoc]:
+        """The top ``k`` documents for one query."""
+        if not isinstance(query, str) or not query.strip():
+            raise RerankError("empty query", hint="give the query some words")
+        return self.batch_search([Query("q1", query, lang or "")], k=k)["q1"]
+
+    def batch_search(self, queries: Sequence[Query], k: int = 100, *, progress: bool = False,
+                     threads: int = 2) -> dict[str, list[ScoredDoc]]:
+        return self.run(queries, k, progress=progress, threads=threads)[0]
+
+    def first_stage_run(self, queries: Sequence[Query], k: int, *, progress: bool = False,
+                        threads: int = 2) -> dict[str, list[ScoredDoc]]:
+        from rerank import languages
+        from rerank.indexes.fusion import rrf
+
+        by_plan: dict[FirstStage, list[Query]] = {}
+        for q in queries:
+            by_plan.setdefault(self.plan(languages.code(q.lang) if q.lang else None), []).append(q)
+        out: dict[str, list[ScoredDoc]] = {}
+        for stage, qs in by_plan.items():
+            bm = self.bm25.batch_search(qs, k=k, threads=threads, progress=progress) if stage.kind != "dense" else {}
+            de = self.dense.batch_search(qs, k=k) if stage.kind != "bm25" else {}
+            for q in qs:
+                if stage.kind == "hybrid":
+                    out[q.query_id] = rrf([bm.get(q.query_id, []), de.get(q.query_id, [])], stage.weights,
+                                          self.fusion_k, query_id=q.query_id)[:k]
+                else:
+                    out[q.query_id] = (bm if stage.kind == "bm25" else de).get(q.query_id, [])
+        return {q.query_id: out[q.query_id] for q in queries}
+
+    def run(self, queries: Sequence[Query], k: int = 100, *, progress: bool = False,
+            threads: int = 2) -> tuple[dict[str, list[ScoredDoc]], dict[str, list[ScoredDoc]]]:
+        """(final results, first-stage results) per query id."""
+        from tqdm.auto import tqdm
+
+        for q in queries:
+            if not q.text.strip():
+                raise RerankError(f"query {q.query_id} is empty", hint="give every query some words")
+        # Fusion and reranking both look at the top `depth` of the first stage, so a smaller k only
+        # cuts the final list: search(k=10) is the top 10 of search(k=100).
+        first = self.first_stage_run(queries, max(k, self.depth), progress=progress, threads=threads)
+        if self.reranker_kind == "none":
+            return {q: r[:k] for q, r in first.items()}, first
+        final: dict[str, list[ScoredDoc]] = {}
+        for q in tqdm(queries, desc=f"reranking ({self.reranker.kind})", unit="query", disable=not progress,
+                      leave=False):
+            cands = first[q.query_id][: self.depth]
+            final[q.query_id] = self._rerank(q, cands, first[q.query_id][self.depth :])[:k]
+        return final, first
+
+    def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc]) -> list[ScoredDoc]:
+        if not cands:
+            return []
+        rr = self.reranker
+        if rr.kind == "bi" and self.has_dense and self.dense.encoder is rr.scorer.encoder:
+            ranked = self._bi_from_index(q, cands)  # same backbone: the stored vectors are the embeddings
+        else:
+            docs = self.bm25.docstore.get_many([c.doc_id for c in cands])
+            ranked = rr.rerank(q.query_id, q.text, cands, {d: doc.contents for d, doc in docs.items()})
+        floor = min((s.score for s in ranked if s.score > float("-inf")), default=0.0)
+        return ranked + [ScoredDoc(q.query_id, t.doc_id, floor - 1.0 - i) for i, t in enumerate(tail)]
+
+    def _bi_from_index(self, q: Query, cands: list[ScoredDoc]) -> list[ScoredDoc]:
+        enc = self.dense.encoder
+        qv = enc.encode([q.text], "query")[0]
+        dv = self.dense.vectors([c.doc_id for c in cands])
+        scores = dv @ qv
+        order = sorted(range(len(cands)), key=lambda i: (-scores[i], i))
+        return [ScoredDoc(q.query_id, cands[i].doc_id, float(scores[i])) for i in order]
+
+    def close(self) -> None:
+        self.bm25.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

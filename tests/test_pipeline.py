@@ -1,0 +1,112 @@
+"""The pipeline on a tiny random backbone: each first stage and reranker, and how they combine."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from rerank.errors import RerankError
+from rerank.types import Query
+
+pytestmark = pytest.mark.java
+
+QUERY = "Everyone has the right to freedom of movement"
+
+
+@pytest.fixture(scope="module")
+def index(en_index, tiny_bert, tmp_path_factory):
+    from rerank.indexes.dense import build_dense
+
+    out = tmp_path_factory.mktemp("pipe") / "udhr-en"
+    shutil.copytree(en_index, out)
+    build_dense(out, model=tiny_bert, progress=False)
+    return out
+
+
+def test_first_stages_and_their_fusion(index, tiny_bert):
+    from rerank.indexes.fusion import rrf
+    from rerank.pipeline import Pipeline
+
+    runs = {}
+    for stage in ("bm25", "dense", "hybrid"):
+        with Pipeline(index, first_stage=stage, reranker="none", model=tiny_bert, dense_model=tiny_bert) as p:
+            runs[stage] = p.search(QUERY, lang="en", k=20)
+            assert len(runs[stage]) == 20
+    with Pipeline(index, first_stage="bm25", reranker="none") as p:
+        assert p.search(QUERY, k=20) == runs["bm25"]
+    with Pipeline(
+        index, first_stage="hybrid", reranker="none", model=tiny_bert, dense_model=tiny_bert, depth=100
+    ) as p:
+        first, _ = p.run([Query("q1", QUERY, "en")], k=100)
+        full = rrf(
+            [p.bm25.search(QUERY, k=100, query_id="q1"), p.dense.search(QUERY, k=100, query_id="q1")], query_id="q1"
+        )
+    assert [d.doc_id for d in first["q1"]] == [d.doc_id for d in full[:100]]
+    assert [d.doc_id for d in runs["hybrid"]] == [d.doc_id for d in full[:20]]
+
+
+def test_auto_first_stage_follows_the_languages(index, tiny_bert, en_index):
+    from rerank.pipeline import Pipeline
+
+    with Pipeline(index, reranker="none", dense_model=tiny_bert) as p:
+        assert p.plan("en").kind == "hybrid" and p.plan("en").weights == (1.0, 1.0)
+        assert p.plan("ky").kind == "dense"
+        assert p.plan(None).kind == "hybrid"  # language unknown: assume the documents' language
+    with Pipeline(index, reranker="none", dense_model=tiny_bert, fusion_weights=(0.5, 1)) as p:
+        assert p.plan("ky") == p.plan("en") and p.plan("ky").weights == (0.5, 1)
+    with Pipeline(en_index, reranker="none") as p:  # no dense part: BM25
+        assert p.plan("ky").kind == "bm25"
+
+
+def test_auto_reranker_skips_the_bi_encoder_after_its_own_embeddings(index, tiny_bert, tiny_cross):
+    from rerank.pipeline import Pipeline
+
+    with Pipeline(index, model=tiny_bert) as p:  # hybrid/dense of the same backbone: no re-scoring
+        assert p.reranker_kind == "none"
+    with Pipeline(index, first_stage="bm25", model=tiny_bert) as p:
+        assert p.reranker_kind == "bi"
+    with Pipeline(index, model=tiny_cross, dense_model=tiny_bert) as p:
+        assert p.reranker_kind == "cross"
+
+
+def test_bi_reranking_reuses_the_index_vectors_and_matches_encoding(index, tiny_bert):
+    from rerank.pipeline import Pipeline
+    from rerank.scoring.reranker import Reranker
+
+    with Pipeline(index, first_stage="bm25", reranker="bi", model=tiny_bert, depth=15) as p:
+        final, first = p.run([Query("q1", QUERY, "en")], k=20)
+        assert p.dense.encoder is p.reranker.scorer.encoder  # one model in memory
+        docs = p.bm25.docstore.get_many([d.doc_id for d in first["q1"][:15]])
+    direct = Reranker(tiny_bert).rerank("q1", QUERY, first["q1"][:15], {d: x.contents for d, x in docs.items()})
+    got = final["q1"]
+    assert [d.doc_id for d in got[:15]] == [d.doc_id for d in direct]
+    np.testing.assert_allclose([d.score for d in got[:15]], [d.score for d in direct], atol=1e-5)
+    # beyond the rerank depth: the first stage's order, below every reranked score
+    assert [d.doc_id for d in got[15:]] == [d.doc_id for d in first["q1"][15:20]]
+    assert max(d.score for d in got[15:]) < min(d.score for d in got[:15])
+
+
+def test_cross_reranking(index, tiny_cross, tiny_bert):
+    from rerank.pipeline import Pipeline
+
+    with Pipeline(index, first_stage="bm25", reranker="auto", model=tiny_cross, depth=10) as p:
+        assert p.reranker.kind == "cross"
+        got = p.search(QUERY, lang="en", k=10)
+        first = p.bm25.search(QUERY, k=10)
+    assert sorted(d.doc_id for d in got) == sorted(d.doc_id for d in first)
+    assert [d.score for d in got] == sorted((d.score for d in got), reverse=True)
+
+
+def test_bad_pipeline_settings(index, en_index, tiny_bert):
+    from rerank.pipeline import Pipeline
+
+    with pytest.raises(RerankError, match="unknown first stage 'sparse'"):
+        Pipeline(index, first_stage="sparse")
+    with pytest.raises(RerankError, match="unknown reranker 'colbert'"):
+        Pipeline(index, reranker="colbert")
+    with pytest.raises(RerankError, match="has no dense index"):
+        Pipeline(en_index, first_stage="hybrid", reranker="none")
+    with pytest.raises(RerankError, match="fusion weights apply only"):
+        Pipeline(index, first_stage="bm25", fusion_weights=(1, 1), reranker="none")
+    with Pipeline(index, reranker="none", dense_model=tiny_bert) as p, pytest.raises(RerankError, match="empty"):
+        p.search("  ")

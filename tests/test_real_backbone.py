@@ -1,0 +1,65 @@
+"""The embedded multilingual-e5-small end to end on the bundled data (slow: the real 118M-parameter model)."""
+
+import shutil
+
+import ir_measures
+import pytest
+from ir_measures import nDCG
+
+from rerank.collections.topics import read_topics
+from rerank.collections.trec import read_qrels
+
+pytestmark = [pytest.mark.slow, pytest.mark.java]
+
+
+@pytest.fixture(scope="module")
+def e5_en_index(en_index, e5_dir, tmp_path_factory):
+    from rerank.indexes.dense import build_dense
+
+    out = tmp_path_factory.mktemp("e5") / "udhr-en"
+    shutil.copytree(en_index, out)
+    build_dense(out, progress=False)
+    return out
+
+
+def ndcg10(qrels, run) -> float:
+    flat = [sd for docs in run.values() for sd in docs]
+    return ir_measures.calc_aggregate([nDCG @ 10], qrels, flat)[nDCG @ 10]
+
+
+def test_kyrgyz_and_uyghur_queries_find_english_documents_through_dense(e5_en_index, udhr_dir):
+    from rerank.pipeline import Pipeline
+
+    qrels = read_qrels(udhr_dir / "qrels.en.txt")
+    with Pipeline(e5_en_index) as pipe:
+        assert pipe.reranker_kind == "none"  # auto: no bi-encoder after its own embeddings
+        for lang, floor in (("ky", 0.55), ("ug", 0.4)):
+            queries = read_topics(udhr_dir / f"topics.{lang}.tsv", "tsv", lang)
+            assert pipe.plan(lang).kind == "dense"
+            auto = pipe.batch_search(queries, k=100)
+            bm25 = pipe.bm25.batch_search(queries, k=100)
+            assert ndcg10(qrels, bm25) < 0.05  # no shared words: BM25 cannot cross the language gap
+            assert ndcg10(qrels, auto) > floor
+
+
+def test_english_queries_hybrid_and_bi_reranking(e5_en_index, udhr_dir):
+    from rerank.pipeline import Pipeline
+
+    qrels = read_qrels(udhr_dir / "qrels.en.txt")
+    queries = read_topics(udhr_dir / "topics.en.tsv", "tsv", "en")
+    with Pipeline(e5_en_index, reranker="bi") as pipe:
+        assert str(pipe.plan("en")).startswith("hybrid")
+        final, first = pipe.run(queries, k=100)
+    assert ndcg10(qrels, first) > 0.85 and ndcg10(qrels, final) > 0.85
+
+
+def test_reranker_api_with_the_default_model(udhr_dir):
+    from rerank import Reranker
+    from rerank.collections.docs import read_docs
+
+    texts = {d.doc_id: d.contents for d in read_docs(udhr_dir / "docs.en.jsonl")}
+    candidates = [texts["udhr-a05-p1"], texts["udhr-a26-p1"], texts["udhr-a13-p1"]]
+    rr = Reranker()
+    assert rr.kind == "bi" and rr.info.name == "multilingual-e5-small"
+    ranked = rr.rank("Ар бир адам билим алууга укуктуу.", candidates, top_k=2)  # ky: right to education
+    assert ranked[0]["corpus_id"] == 1 and len(ranked) == 2
