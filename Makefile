@@ -44,17 +44,23 @@ indexes/udhr-%/rerank-index.json: $(DATA)
 	$(BIN)/rerank index --docs data/udhr/docs.$*.jsonl --lang $* --out indexes/udhr-$* --overwrite --quiet
 
 demo: $(INDEXES)
-	@echo; echo "== Kyrgyz query over the Kyrgyz documents (pre-tokenized: Lucene has no Kyrgyz analyzer)"
+	@echo; echo "== A Kyrgyz query over the Kyrgyz documents: hybrid first stage (BM25, pre-tokenized, + dense e5)"
 	$(BIN)/rerank search --index indexes/udhr-ky --lang ky "$(call Q,ky,4)"
-	@echo; echo "== The same article's Turkish query over the English documents (BM25 across languages)"
-	$(BIN)/rerank search --index indexes/udhr-en --lang tr "$(call Q,tr,4)"
-	@echo; echo "== All 31 Kyrgyz topics as TREC runs, scored with ir_measures (qrels from the parallel structure)"
+	@echo; echo "== All 31 Kyrgyz topics as TREC runs, scored with ir_measures: over Kyrgyz, then English documents"
+	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --topics data/udhr/topics.ky.tsv --first-stage bm25 \
+		--reranker none --output runs/bm25.ky-ky.trec --overwrite --quiet
 	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --topics data/udhr/topics.ky.tsv \
-		--output runs/bm25.ky-ky.trec --overwrite --quiet
+		--output runs/auto.ky-ky.trec --overwrite --quiet
 	$(BIN)/ir_measures data/udhr/qrels.ky.txt runs/bm25.ky-ky.trec MAP nDCG@10 'RR(rel=2)'
+	$(BIN)/ir_measures data/udhr/qrels.ky.txt runs/auto.ky-ky.trec MAP nDCG@10 'RR(rel=2)'
+	$(BIN)/rerank search --index indexes/udhr-en --lang ky --topics data/udhr/topics.ky.tsv --first-stage bm25 \
+		--reranker none --output runs/bm25.ky-en.trec --overwrite --quiet
 	$(BIN)/rerank search --index indexes/udhr-en --lang ky --topics data/udhr/topics.ky.tsv \
-		--output runs/bm25.ky-en.trec --overwrite --quiet
+		--output runs/auto.ky-en.trec --overwrite --quiet
 	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/bm25.ky-en.trec MAP nDCG@10 'RR(rel=2)'
+	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/auto.ky-en.trec MAP nDCG@10 'RR(rel=2)'
+	@echo; echo "== A Kyrgyz query over the Kyrgyz documents: hybrid first stage, top 100 reranked by the bi-encoder"
+	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --first-stage hybrid --reranker bi "$(call Q,ky,14)"
 
 test: $(DATA)
 	$(BIN)/ruff check rerank tests bench
@@ -63,8 +69,10 @@ test: $(DATA)
 lint: $(STAMP)
 	$(BIN)/ruff check rerank tests bench
 
-bench: $(DATA)
+bench: $(INDEXES)
 	$(BIN)/python bench/bm25.py
+	$(BIN)/python bench/rerank.py
+	$(BIN)/python bench/first_stage.py
 
 clean:
 	rm -rf indexes runs data/udhr/*.jsonl data/udhr/*.tsv data/udhr/qrels.*.txt $(DATA)
