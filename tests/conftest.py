@@ -96,3 +96,16 @@ def tiny_cross(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     from rerank.scoring.cross import init_cross_encoder
 
     return init_cross_encoder(tiny_bert, tmp_path_factory.mktemp("tiny") / "tiny-cross", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dense_index(en_index: Path, tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The English index plus a dense part from the tiny backbone (tests must not change it: copy first)."""
+    import shutil
+
+    from rerank.indexes.dense import build_dense
+
+    out = tmp_path_factory.mktemp("dense") / "udhr-en"
+    shutil.copytree(en_index, out)
+    build_dense(out, model=tiny_bert, progress=False)
+    return out

@@ -1,7 +1,5 @@
 """The pipeline on a tiny random backbone: each first stage and reranker, and how they combine."""
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -14,13 +12,8 @@ QUERY = "Everyone has the right to freedom of movement"
 
 
 @pytest.fixture(scope="module")
-def index(en_index, tiny_bert, tmp_path_factory):
-    from rerank.indexes.dense import build_dense
-
-    out = tmp_path_factory.mktemp("pipe") / "udhr-en"
-    shutil.copytree(en_index, out)
-    build_dense(out, model=tiny_bert, progress=False)
-    return out
+def index(tiny_dense_index):
+    return tiny_dense_index
 
 
 def test_first_stages_and_their_fusion(index, tiny_bert):

@@ -11,16 +11,6 @@ from rerank.types import Query
 pytestmark = pytest.mark.java  # the dense index lives in a BM25 index folder
 
 
-@pytest.fixture(scope="module")
-def tiny_dense_index(en_index, tiny_bert, tmp_path_factory):
-    from rerank.indexes.dense import build_dense
-
-    out = tmp_path_factory.mktemp("dense") / "udhr-en"
-    shutil.copytree(en_index, out)
-    build_dense(out, model=tiny_bert, progress=False)
-    return out
-
-
 def test_build_and_search(tiny_dense_index, tiny_bert):
     from rerank.indexes.dense import DenseIndex, read_dense_meta
     from rerank.indexes.docstore import DocStore
