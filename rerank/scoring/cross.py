@@ -36,7 +36,8 @@ class CrossEncoder:
         if not self.info.has_head:
             raise RerankError(
                 f"{self.info.path} has no ranking head (a sequence-classification head with one output)",
-                hint="use --reranker bi, or a cross-encoder folder (backbone + head, e.g. from `rerank train task`)",
+                hint="use --reranker bi, or a cross-encoder folder (a transformers sequence-classification model with "
+                "num_labels=1, as sentence-transformers' CrossEncoder saves)",
             )
         self.device = pick_device(device)
         self.tokenizer = load_tokenizer(self.info.path)
