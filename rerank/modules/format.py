@@ -1,0 +1,183 @@
+"""The module format: a folder with ``module_config.json`` and ``module.safetensors``.
+
+For each base parameter ``P`` a sparse module touches, ``module.safetensors`` holds ``P.idx`` (int32
+flat indices into ``P``, most important first) and ``P.val`` (the deltas, same length). Dense extras
+(e.g. a ranking head) are stored as ``extra.NAME``. Parameter names are the encoder's normalised
+names (``encoder.layer.0.attention.self.query.weight``: no ``bert.`` prefix), as fingerprints use.
+Safetensors only; a folder is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rerank import __version__
+from rerank.collections._io import atomic_dir
+from rerank.errors import RerankError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "module_config.json"
+WEIGHTS_FILE = "module.safetensors"
+KINDS = ("sft", "shira", "lora", "adapter")
+SPARSE_KINDS = ("sft", "shira")
+ROLES = ("language", "task")
+
+
+@dataclass
+class ModuleConfig:
+    """What ``module_config.json`` records."""
+
+    kind: str  # sft (LT-SFT mask) | shira | lora | adapter
+    role: str  # language | task
+    language: str  # ISO 639-1 code ("" for a task module trained on several languages)
+    base_model: str  # backbone name, e.g. multilingual-e5-small
+    base_fingerprint: str  # the backbone's content fingerprint (rerank.backbone.fingerprint)
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # touched base parameter -> its shape
+    density: float | None = None  # sparse kinds: touched entries / entries of the touched parameters
+    rank: int | None = None  # lora
+    value_dtype: str = "float32"
+    bits: int | None = None  # low-bit storage (None: value_dtype as is)
+    recipe: dict = field(default_factory=dict)  # how it was trained (steps, lr, loss, mask selection, …)
+    data: dict = field(default_factory=dict)  # what it was trained on (source, size, hash)
+    format_version: int = FORMAT_VERSION
+    created_by: str = f"rerank {__version__}"
+
+
+@dataclass
+class SparseModule:
+    """A sparse module in memory: per parameter, flat indices (int32) and delta values."""
+
+    config: ModuleConfig
+    entries: dict  # name -> (idx: torch.IntTensor, val: torch.Tensor)
+    extras: dict = field(default_factory=dict)  # name -> torch.Tensor (dense extras)
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path else f"{self.config.role}:{self.config.language}:{self.config.kind}"
+
+    def __len__(self) -> int:
+        return sum(int(i.numel()) for i, _ in self.entries.values())
+
+
+def _check_config(raw: object, where: Path) -> ModuleConfig:
+    if not isinstance(raw, dict):
+        raise RerankError(f"{where} is not a module description (a JSON object)", hint="rebuild the module")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RerankError(
+            f"{where}: module format version {version!r} is not one this rerank reads ({FORMAT_VERSION})",
+            hint="use the rerank version that wrote it, or re-export the module",
+        )
+    try:
+        cfg = ModuleConfig(**raw)
+    except TypeError as e:
+        raise RerankError(f"{where}: {e}", hint="the module description has unknown or missing fields") from e
+    if cfg.kind not in KINDS:
+        raise RerankError(f"{where}: unknown module kind {cfg.kind!r}", hint=f"one of: {', '.join(KINDS)}")
+    if cfg.role not in ROLES:
+        raise RerankError(f"{where}: unknown module role {cfg.role!r}", hint="language or task")
+    return cfg
+
+
+def save_module(module: SparseModule, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``module`` as a folder (atomically). Indices are stored as int32, values as ``value_dtype``."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (idx, val) in module.entries.items():
+        tensors[f"{name}.idx"] = idx.to(torch.int32).contiguous()
+        tensors[f"{name}.val"] = val.to(getattr(torch, module.config.value_dtype)).contiguous()
+    for name, t in module.extras.items():
+        tensors[f"extra.{name}"] = t.contiguous()
+    with atomic_dir(path, overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(
+            json.dumps(asdict(module.config), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    module.path = Path(path)
+    return Path(path)
+
+
+def load_module(
+    path: str | os.PathLike, *, fingerprint: str | None = None, shapes: dict[str, tuple[int, ...]] | None = None
+) -> SparseModule:
+    """Read and validate a module folder. ``fingerprint``: the loaded backbone's, refused if different.
+    ``shapes``: the backbone's parameter shapes, to check names and index ranges against."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not (p / CONFIG_FILE).is_file():
+        raise RerankError(f"{p} is not a module folder (no {CONFIG_FILE})", hint="give a folder written by rerank")
+    try:
+        raw = json.loads((p / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RerankError(f"{p / CONFIG_FILE} is not valid JSON ({e})", hint="the module is damaged") from e
+    cfg = _check_config(raw, p / CONFIG_FILE)
+    if fingerprint is not None and cfg.base_fingerprint != fingerprint:
+        raise RerankError(
+            f"module {p} was trained on backbone {cfg.base_model} ({cfg.base_fingerprint[:19]}), "
+            f"not on the loaded one ({fingerprint[:19]})",
+            hint="load the backbone it was made for (--model), or use a module made for this one",
+        )
+    try:
+        tensors = load_file(str(p / WEIGHTS_FILE))
+    except FileNotFoundError as e:
+        raise RerankError(f"{p} has no {WEIGHTS_FILE}", hint="the module is incomplete; rebuild it") from e
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RerankError(
+            f"{p / WEIGHTS_FILE} is truncated or corrupt ({' '.join(str(e).split())[:120]})",
+            hint="rebuild or re-download the module",
+        ) from e
+    entries, extras = {}, {}
+    names = {k[: -len(".idx")] for k in tensors if k.endswith(".idx")}
+    for name in sorted(names):
+        idx, val = tensors.get(f"{name}.idx"), tensors.get(f"{name}.val")
+        where = f"module {p}, parameter {name}"
+        if val is None:
+            raise RerankError(f"{where}: indices without values", hint="the module is damaged; rebuild it")
+        if idx.dtype != torch.int32 or idx.dim() != 1 or val.dim() != 1 or idx.numel() != val.numel():
+            raise RerankError(
+                f"{where}: expected 1-D int32 indices and as many values", hint="the module is damaged; rebuild it"
+            )
+        shape = tuple(cfg.shapes.get(name, ()))
+        if shapes is not None:
+            if name not in shapes:
+                raise RerankError(f"{where}: the backbone has no such parameter", hint="a module for another model?")
+            if shape and tuple(shape) != tuple(shapes[name]):
+                raise RerankError(
+                    f"{where}: made for shape {list(shape)}, the backbone's is {list(shapes[name])}",
+                    hint="a module for another model?",
+                )
+            shape = tuple(shapes[name])
+        numel = 1
+        for s in shape:
+            numel *= s
+        if idx.numel():
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or (shape and hi >= numel):
+                raise RerankError(
+                    f"{where}: index {hi if lo >= 0 else lo} is out of range (0..{numel - 1})",
+                    hint="the module is damaged or made for another model",
+                )
+            if torch.unique(idx).numel() != idx.numel():
+                raise RerankError(f"{where}: duplicate indices", hint="each entry may appear once; rebuild it")
+        entries[name] = (idx, val)
+    for k, t in tensors.items():
+        if k.startswith("extra."):
+            extras[k[len("extra.") :]] = t
+        elif not (k.endswith(".idx") or k.endswith(".val")):
+            raise RerankError(f"module {p}: unexpected tensor {k!r}", hint="the module is damaged; rebuild it")
+    stray = {k[: -len(".val")] for k in tensors if k.endswith(".val")} - names
+    if stray:
+        raise RerankError(
+            f"module {p}, parameter {sorted(stray)[0]}: values without indices",
+            hint="the module is damaged; rebuild it",
+        )
+    return SparseModule(cfg, entries, extras, p)
