@@ -9,6 +9,7 @@ import typer
 from rerank import __version__
 from rerank.cli import collections as collections_cli
 from rerank.cli import index as index_cli
+from rerank.cli import modules as modules_cli
 from rerank.cli import search as search_cli
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.command("index")(index_cli.index)
 app.command("search")(search_cli.search)
 app.add_typer(collections_cli.app, name="collections")
+app.add_typer(modules_cli.app, name="modules")
 
 
 def _version(value: bool) -> None:

@@ -39,7 +39,8 @@ class ModuleConfig:
     density: float | None = None  # sparse kinds: touched entries / entries of the touched parameters
     rank: int | None = None  # lora
     value_dtype: str = "float32"
-    bits: int | None = None  # low-bit storage (None: value_dtype as is)
+    bits: int | None = None  # low-bit storage: 1, 2, 4, 8 (codes + per-block scales) or 16 (float16)
+    block: int | None = None  # entries per scale, for 1–8 bits
     recipe: dict = field(default_factory=dict)  # how it was trained (steps, lr, loss, mask selection, …)
     data: dict = field(default_factory=dict)  # what it was trained on (source, size, hash)
     format_version: int = FORMAT_VERSION
@@ -54,6 +55,7 @@ class SparseModule:
     entries: dict  # name -> (idx: torch.IntTensor, val: torch.Tensor)
     extras: dict = field(default_factory=dict)  # name -> torch.Tensor (dense extras)
     path: Path | None = None
+    packed: dict = field(default_factory=dict)  # name -> {"codes", "scales"} when stored at 1–8 bits
 
     @property
     def name(self) -> str:
@@ -88,10 +90,17 @@ def save_module(module: SparseModule, path: str | os.PathLike, overwrite: bool =
     import torch
     from safetensors.torch import save_file
 
+    from rerank.modules.quant import quantize
+
     tensors = {}
+    cfg = module.config
     for name, (idx, val) in module.entries.items():
         tensors[f"{name}.idx"] = idx.to(torch.int32).contiguous()
-        tensors[f"{name}.val"] = val.to(getattr(torch, module.config.value_dtype)).contiguous()
+        if cfg.bits in (1, 2, 4, 8):
+            packed = module.packed.get(name) or quantize(val, cfg.bits, cfg.block)
+            tensors[f"{name}.codes"], tensors[f"{name}.scales"] = packed["codes"], packed["scales"]
+        else:
+            tensors[f"{name}.val"] = val.to(getattr(torch, cfg.value_dtype)).contiguous()
     for name, t in module.extras.items():
         tensors[f"extra.{name}"] = t.contiguous()
     with atomic_dir(path, overwrite) as tmp:
@@ -137,9 +146,20 @@ def load_module(
         ) from e
     entries, extras = {}, {}
     names = {k[: -len(".idx")] for k in tensors if k.endswith(".idx")}
+    from rerank.modules.quant import check_bits, dequantize
+
+    if cfg.bits is not None:
+        check_bits(cfg.bits)
+    packed_all = {}
     for name in sorted(names):
         idx, val = tensors.get(f"{name}.idx"), tensors.get(f"{name}.val")
         where = f"module {p}, parameter {name}"
+        if val is None and f"{name}.codes" in tensors and idx is not None and idx.dim() == 1:
+            if cfg.bits not in (1, 2, 4, 8) or not cfg.block or f"{name}.scales" not in tensors:
+                raise RerankError(f"{where}: codes without bits/block/scales", hint="the module is damaged")
+            codes, scales = tensors[f"{name}.codes"], tensors[f"{name}.scales"]
+            val = dequantize(codes, scales, idx.numel(), cfg.bits, cfg.block)
+            packed_all[name] = {"codes": codes, "scales": scales}
         if val is None:
             raise RerankError(f"{where}: indices without values", hint="the module is damaged; rebuild it")
         if idx.dtype != torch.int32 or idx.dim() != 1 or val.dim() != 1 or idx.numel() != val.numel():
@@ -172,7 +192,7 @@ def load_module(
     for k, t in tensors.items():
         if k.startswith("extra."):
             extras[k[len("extra.") :]] = t
-        elif not (k.endswith(".idx") or k.endswith(".val")):
+        elif not k.endswith((".idx", ".val", ".codes", ".scales")):
             raise RerankError(f"module {p}: unexpected tensor {k!r}", hint="the module is damaged; rebuild it")
     stray = {k[: -len(".val")] for k in tensors if k.endswith(".val")} - names
     if stray:
@@ -180,4 +200,43 @@ def load_module(
             f"module {p}, parameter {sorted(stray)[0]}: values without indices",
             hint="the module is damaged; rebuild it",
         )
-    return SparseModule(cfg, entries, extras, p)
+    return SparseModule(cfg, entries, extras, p, packed_all)
+
+
+def quantize_module(module: SparseModule, bits: int, block: int | None = None) -> SparseModule:
+    """A copy of ``module`` stored at ``bits`` (1, 2, 4, 8: codes + per-block float16 scales; 16: float16;
+    32: float32). Its in-memory values are what loading the saved module gives back."""
+    import dataclasses
+
+    import torch
+
+    from rerank.modules.quant import DEFAULT_BLOCK, check_bits, dequantize, quantize
+
+    check_bits(bits)
+    if module.config.bits is not None and module.config.bits < 16 and bits > module.config.bits:
+        raise RerankError(
+            f"{module.name} is stored at {module.config.bits} bits; more bits cannot restore precision",
+            hint="quantize the original module instead",
+        )
+    block = block or DEFAULT_BLOCK
+    entries, packed = {}, {}
+    for name, (idx, val) in module.entries.items():
+        if bits in (1, 2, 4, 8):
+            q = quantize(val, bits, block)
+            packed[name] = q
+            entries[name] = (idx, dequantize(q["codes"], q["scales"], idx.numel(), bits, block))
+        else:
+            dtype = torch.float16 if bits == 16 else torch.float32
+            entries[name] = (idx, val.to(dtype).to(torch.float32))
+    cfg = dataclasses.replace(
+        module.config,
+        bits=bits,
+        block=block if bits < 16 else None,
+        value_dtype="float16" if bits == 16 else "float32",
+    )
+    return SparseModule(cfg, entries, dict(module.extras), None, packed)
+
+
+def module_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of a module folder."""
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
