@@ -15,7 +15,7 @@ below the reranked ones.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +60,8 @@ class Pipeline:
     def __init__(self, index: str | os.PathLike, *, first_stage: str = "auto", reranker: str = "auto",
                  model=None, dense_model=None, depth: int = DEFAULT_DEPTH, fusion_k: float = DEFAULT_K,
                  fusion_weights: Sequence[float] | None = None, device: str | None = None,
-                 max_length: int | None = None, analyzer: str | None = None):
+                 max_length: int | None = None, analyzer: str | None = None,
+                 modules: Sequence | Mapping | None = None):
         from rerank.indexes.bm25 import BM25Index
         from rerank.indexes.dense import dense_path
 
@@ -90,10 +91,17 @@ class Pipeline:
         self._model, self._dense_model = model, dense_model
         self._dense = None
         self._reranker = None
+        self._composer = None
+        self.modules = _module_map(modules)
+        if self.modules and reranker == "none":
+            raise RerankError("modules specialise the reranker; with --reranker none they would do nothing",
+                              hint="pick a reranker (bi or cross) or drop --modules")
         if reranker != "none":
             self.reranker  # load now: a bad --model is reported before any searching  # noqa: B018
         if reranker == "auto":
             self._settle_auto_reranker()
+        for path in dict.fromkeys(p for mods in self.modules.values() for p in mods):
+            self.composer.load(path)  # a bad module is reported now, before any searching
 
     @classmethod
     def from_index(cls, index: str | os.PathLike, **kwargs) -> Pipeline:
@@ -115,7 +123,7 @@ class Pipeline:
 
         rr = self.reranker
         self.reranker_kind = rr.kind
-        if rr.kind == "bi" and self.has_dense and self.first_stage != "bm25" \
+        if rr.kind == "bi" and self.has_dense and self.first_stage != "bm25" and not self.modules \
                 and self._dense_model is None and read_dense_meta(self.path).fingerprint == rr.info.fingerprint:
             self.reranker_kind = "none"
 
@@ -126,7 +134,7 @@ class Pipeline:
 
             enc = None
             rr = self._reranker
-            if rr is not None and rr.kind == "bi" and self._dense_model is None \
+            if rr is not None and rr.kind == "bi" and self._dense_model is None and not self.modules \
                     and rr.info.fingerprint == read_dense_meta(self.path).fingerprint:
                 enc = rr.scorer.encoder  # one backbone in memory when the bi-encoder is the dense model
             self._dense = DenseIndex(self.path, enc, model=self._dense_model)
@@ -191,11 +199,38 @@ class Pipeline:
         if self.reranker_kind == "none":
             return {q: r[:k] for q, r in first.items()}, first
         final: dict[str, list[ScoredDoc]] = {}
-        for q in tqdm(queries, desc=f"reranking ({self.reranker.kind})", unit="query", disable=not progress,
-                      leave=False):
-            cands = first[q.query_id][: self.depth]
-            final[q.query_id] = self._rerank(q, cands, first[q.query_id][self.depth :])[:k]
-        return final, first
+        # queries grouped by the module set their language asks for: one switch per group
+        groups: dict[tuple, list[Query]] = {}
+        for q in queries:
+            groups.setdefault(self.modules_for(q.lang), []).append(q)
+        with tqdm(total=len(queries), desc=f"reranking ({self.reranker.kind})", unit="query",
+                  disable=not progress, leave=False) as bar:
+            for mods, qs in groups.items():
+                if self.modules:
+                    self.composer.switch(list(mods))
+                for q in qs:
+                    cands = first[q.query_id][: self.depth]
+                    final[q.query_id] = self._rerank(q, cands, first[q.query_id][self.depth :])[:k]
+                    bar.update(1)
+        return {q.query_id: final[q.query_id] for q in queries}, first
+
+    def modules_for(self, lang: str | None) -> tuple:
+        """The module folders stacked for queries in ``lang`` (``"*"`` entries serve every language)."""
+        from rerank import languages
+
+        code = languages.code(lang) if lang else ""
+        return tuple(self.modules.get(code, self.modules.get("*", ())))
+
+    @property
+    def composer(self):
+        """The reranker's weights under module composition (built on first use)."""
+        if self._composer is None:
+            from rerank.modules.compose import ComposedModel
+
+            rr = self.reranker
+            model = rr.scorer.model if rr.kind == "cross" else rr.scorer.encoder.model
+            self._composer = ComposedModel(model, fingerprint=rr.info.fingerprint)
+        return self._composer
 
     def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc]) -> list[ScoredDoc]:
         if not cands:
@@ -218,6 +253,8 @@ class Pipeline:
         return [ScoredDoc(q.query_id, cands[i].doc_id, float(scores[i])) for i in order]
 
     def close(self) -> None:
+        if self._composer is not None:
+            self._composer.revert()
         self.bm25.close()
 
     def __enter__(self) -> Pipeline:
@@ -225,3 +262,16 @@ class Pipeline:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _module_map(modules) -> dict[str, tuple]:
+    """``[paths]`` (every query) or ``{lang: [paths]}`` (``"*"``: the rest) → {lang code: paths}."""
+    from rerank import languages
+
+    if not modules:
+        return {}
+    if isinstance(modules, Mapping):
+        return {("*" if k == "*" else languages.code(k)): tuple(str(p) for p in v) for k, v in modules.items()}
+    if isinstance(modules, str | os.PathLike):
+        modules = [modules]
+    return {"*": tuple(str(p) for p in modules)}

@@ -35,6 +35,10 @@ def search(
     dense_model: Annotated[
         Path | None, typer.Option("--dense-model", help="Backbone the dense index was built with [default: --model].")
     ] = None,
+    modules: Annotated[
+        str | None,
+        typer.Option("--modules", help="Module folders stacked into the reranker, comma-separated (lang + task)."),
+    ] = None,
     depth: Annotated[int, typer.Option("--depth", min=1, help="How many first-stage results are reranked.")] = 100,
     fusion_weights: Annotated[
         str | None, typer.Option("--fusion-weights", help="RRF weights bm25,dense for hybrid, e.g. 0.25,1.")
@@ -98,6 +102,7 @@ def search(
         device=device,
         max_length=max_length,
         analyzer=analyzer,
+        modules=[m for m in modules.split(",") if m.strip()] if modules else None,
     )
     try:
         stage = pipe.plan(code or None)
