@@ -61,7 +61,7 @@ class Pipeline:
                  model=None, dense_model=None, depth: int = DEFAULT_DEPTH, fusion_k: float = DEFAULT_K,
                  fusion_weights: Sequence[float] | None = None, device: str | None = None,
                  max_length: int | None = None, analyzer: str | None = None,
-                 modules: Sequence | Mapping | None = None):
+                 modules: Sequence | Mapping | None = None, module_density: float | None = None):
         from rerank.indexes.bm25 import BM25Index
         from rerank.indexes.dense import dense_path
 
@@ -93,6 +93,7 @@ class Pipeline:
         self._reranker = None
         self._composer = None
         self.modules = _module_map(modules)
+        self.module_density = module_density
         if self.modules and reranker == "none":
             raise RerankError("modules specialise the reranker; with --reranker none they would do nothing",
                               hint="pick a reranker (bi or cross) or drop --modules")
@@ -207,7 +208,7 @@ class Pipeline:
                   disable=not progress, leave=False) as bar:
             for mods, qs in groups.items():
                 if self.modules:
-                    self.composer.switch(list(mods))
+                    self.composer.switch(list(mods), self.module_density)
                 for q in qs:
                     cands = first[q.query_id][: self.depth]
                     final[q.query_id] = self._rerank(q, cands, first[q.query_id][self.depth :])[:k]

@@ -39,6 +39,9 @@ def search(
         str | None,
         typer.Option("--modules", help="Module folders stacked into the reranker, comma-separated (lang + task)."),
     ] = None,
+    module_density: Annotated[
+        str | None, typer.Option("--module-density", help="Keep this much of each sparse module, e.g. 0.5%.")
+    ] = None,
     depth: Annotated[int, typer.Option("--depth", min=1, help="How many first-stage results are reranked.")] = 100,
     fusion_weights: Annotated[
         str | None, typer.Option("--fusion-weights", help="RRF weights bm25,dense for hybrid, e.g. 0.25,1.")
@@ -71,6 +74,7 @@ def search(
     from rerank.collections.topics import read_topics
     from rerank.collections.trec import format_run_lines, write_run
     from rerank.errors import RerankError
+    from rerank.modules.format import parse_density
     from rerank.pipeline import Pipeline
     from rerank.types import Query
 
@@ -103,6 +107,7 @@ def search(
         max_length=max_length,
         analyzer=analyzer,
         modules=[m for m in modules.split(",") if m.strip()] if modules else None,
+        module_density=parse_density(module_density) if module_density else None,
     )
     try:
         stage = pipe.plan(code or None)

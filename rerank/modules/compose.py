@@ -128,12 +128,17 @@ class ComposedModel:
         return torch.cat(idx_parts), torch.cat(val_parts)
 
     # -- composing --------------------------------------------------------------------------------
-    def apply(self, modules: Sequence) -> ComposedModel:
+    def apply(self, modules: Sequence, density: float | None = None) -> ComposedModel:
         """Write ``modules`` into the weights (replacing whatever was applied). All or nothing: every
-        module is loaded and checked before any weight changes."""
+        module is loaded and checked before any weight changes. ``density`` keeps only that fraction
+        of each touched parameter, most important entries first."""
         import torch
 
+        from rerank.modules.format import truncate_module
+
         loaded = [self.load(m) for m in modules]
+        if density is not None:
+            loaded = [truncate_module(m, density, self.shapes) for m in loaded]
         self._warn_same_role(loaded)
         idx, val = self._global(loaded)
         self.revert()
@@ -144,9 +149,9 @@ class ComposedModel:
         self.active = loaded
         return self
 
-    def switch(self, modules: Sequence) -> ComposedModel:
+    def switch(self, modules: Sequence, density: float | None = None) -> ComposedModel:
         """Restore what the active modules touched, then apply ``modules``."""
-        return self.apply(modules)
+        return self.apply(modules, density)
 
     def revert(self) -> ComposedModel:
         """Back to the loaded base weights, bitwise."""

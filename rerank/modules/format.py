@@ -240,3 +240,31 @@ def quantize_module(module: SparseModule, bits: int, block: int | None = None) -
 def module_size(path: str | os.PathLike) -> int:
     """Bytes on disk of a module folder."""
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def parse_density(text: str | float) -> float:
+    """``0.005``, ``"0.005"`` or ``"0.5%"`` → 0.005 (a fraction in (0, 1])."""
+    try:
+        value = float(text[:-1]) / 100 if isinstance(text, str) and text.strip().endswith("%") else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise RerankError(f"density {text!r} is not a fraction in (0, 1]", hint="e.g. 0.005 or 0.5%")
+    return value
+
+
+def truncate_module(module: SparseModule, density: float, shapes: dict | None = None) -> SparseModule:
+    """Keep, per parameter, the ``density`` × size most important entries (entries are stored most
+    important first) — a smaller budget of the same module, chosen at load time."""
+    import dataclasses
+    import math
+
+    entries = {}
+    for name, (idx, val) in module.entries.items():
+        shape = (shapes or {}).get(name) or module.config.shapes.get(name)
+        if not shape:
+            raise RerankError(f"module {module.name}: no shape recorded for {name}", hint="cannot apply a budget")
+        keep = max(1, math.ceil(math.prod(shape) * density))
+        entries[name] = (idx[:keep], val[:keep])
+    cfg = dataclasses.replace(module.config, density=min(density, module.config.density or density))
+    return SparseModule(cfg, entries, dict(module.extras), module.path, {})

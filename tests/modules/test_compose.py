@@ -208,3 +208,24 @@ def test_two_modules_of_the_same_role_and_language_warn(model, capsys):
     cm = ComposedModel(model)
     cm.apply([random_module(cm, 1), random_module(cm, 2)])
     assert "two language modules for language 'ky' are stacked" in capsys.readouterr().err
+
+
+def test_a_smaller_budget_at_load_keeps_the_most_important_entries(model):
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import parse_density
+
+    base = snapshot(model)
+    cm = ComposedModel(model)
+    m = random_module(cm, 1, density=0.05)
+    cm.apply([m], density=parse_density("1%"))
+    for name, (idx, val) in m.entries.items():
+        keep = -(-cm.names[name].numel() // 100)  # ceil(1%)
+        want = base[name].reshape(-1).clone()
+        want[idx[:keep].long()] += val[:keep]
+        assert torch.equal(dict(model.named_parameters())[name].detach().reshape(-1), want)
+    cm.revert()
+    assert_bitwise(model, base)
+    for bad in ("0", "150%", "x", "-1"):
+        with pytest.raises(RerankError, match="not a fraction"):
+            parse_density(bad)
+    assert parse_density("0.5%") == 0.005 and parse_density(0.02) == 0.02
