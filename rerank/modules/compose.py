@@ -120,11 +120,10 @@ class ComposedModel:
         idx_parts, val_parts = [], []
         for m in sorted(modules, key=_content_key):
             for name, (idx, val) in m.entries.items():
-                idx_parts.append(idx.to(device=self.flat.device, dtype=torch.int64) + self.offsets[name])
-                val_parts.append(val.to(device=self.flat.device, dtype=self.flat.dtype))
+                idx_parts.append(idx.to(dtype=torch.int64) + self.offsets[name])
+                val_parts.append(val.to(dtype=self.flat.dtype))
         if not idx_parts:
-            empty = torch.zeros(0, dtype=torch.int64, device=self.flat.device)
-            return empty, torch.zeros(0, dtype=self.flat.dtype, device=self.flat.device)
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=self.flat.dtype)
         return torch.cat(idx_parts), torch.cat(val_parts)
 
     # -- composing --------------------------------------------------------------------------------
@@ -140,12 +139,17 @@ class ComposedModel:
         if density is not None:
             loaded = [truncate_module(m, density, self.shapes) for m in loaded]
         self._warn_same_role(loaded)
+        from rerank.modules.kernels import scatter_apply
+
         idx, val = self._global(loaded)
+        # overlapping entries summed on the CPU, sequentially in canonical module order: deterministic
+        union, inverse = torch.unique(idx, return_inverse=True)  # sorted
+        delta = torch.zeros(union.numel(), dtype=val.dtype).index_add_(0, inverse, val)
+        union, delta = union.to(self.flat.device), delta.to(self.flat.device)
         self.revert()
         with torch.no_grad():
-            union = torch.unique(idx)  # sorted
-            self._saved_idx, self._saved_val = union, self.flat[union].clone()
-            self.flat.index_add_(0, idx, val)
+            self._saved_val = scatter_apply(self.flat, union, delta)  # one launch / one index_put_
+            self._saved_idx = union
         self.active = loaded
         return self
 

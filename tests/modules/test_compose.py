@@ -229,3 +229,31 @@ def test_a_smaller_budget_at_load_keeps_the_most_important_entries(model):
         with pytest.raises(RerankError, match="not a fraction"):
             parse_density(bad)
     assert parse_density("0.5%") == 0.005 and parse_density(0.02) == 0.02
+
+
+def test_the_triton_kernel_gives_bitwise_the_torch_result(tmp_path):
+    """The fused kernel under TRITON_INTERPRET=1 (CPU), in its own process (the flag must be set before
+    triton is imported), against the torch path on overlapping modules."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from rerank.modules.kernels import scatter_apply, use_triton
+g = torch.Generator().manual_seed(0)
+flat = torch.randn(50_000, generator=g)
+union = torch.unique(torch.randint(0, 50_000, (20_000,), generator=g))
+delta = torch.randn(union.numel(), generator=g)
+a, b = flat.clone(), flat.clone()
+import os
+os.environ["RERANK_TRITON"] = "1"; assert use_triton(a)
+saved_a = scatter_apply(a, union, delta)
+os.environ["RERANK_TRITON"] = "0"; assert not use_triton(b)
+saved_b = scatter_apply(b, union, delta)
+assert torch.equal(a, b) and torch.equal(saved_a, saved_b) and torch.equal(saved_a, flat[union])
+assert not torch.equal(a, flat)
+print("ok")
+"""
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    cp = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert cp.returncode == 0 and cp.stdout.strip() == "ok", cp.stderr[-2000:]
