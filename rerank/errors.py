@@ -22,3 +22,10 @@ class RerankError(Exception):
 def at_line(path: object, lineno: int, problem: str, expected: str) -> RerankError:
     """A parse error that names the file, the 1-based line and what was expected there."""
     return RerankError(f"{path}:{lineno}: {problem}", hint=f"expected {expected}")
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (the CLI's and the API's)."""
+    import sys
+
+    print(f"rerank: warning: {message}", file=sys.stderr)

@@ -12,22 +12,10 @@ model ("fused mode"): inference runs at the bare model's speed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 
 from rerank.errors import RerankError
-
-
-def _content_key(module) -> str:
-    """A stable key of a module's content, for the canonical stacking order."""
-    h = hashlib.sha256()
-    for name in sorted(module.entries):
-        idx, val = module.entries[name]
-        h.update(name.encode())
-        h.update(idx.numpy().tobytes())
-        h.update(val.float().numpy().tobytes())
-    return h.hexdigest()
 
 
 class ComposedModel:
@@ -78,6 +66,7 @@ class ComposedModel:
         self._saved_idx = None  # global indices whose originals are saved (sorted, unique)
         self._saved_val = None
         self.active: list = []
+        self._loaded: dict[tuple, object] = {}  # (path, mtime) -> validated module: a switch reads no file
 
     # -- loading ----------------------------------------------------------------------------------
     def load(self, module) -> object:
@@ -85,7 +74,16 @@ class ComposedModel:
         from rerank.modules.format import SPARSE_KINDS, SparseModule, load_module
 
         if isinstance(module, str | os.PathLike):
-            module = load_module(module, fingerprint=self.fingerprint, shapes=self.shapes)
+            from pathlib import Path
+
+            from rerank.modules.format import CONFIG_FILE, WEIGHTS_FILE
+
+            p = Path(module).resolve()
+            stamp = tuple((p / f).stat().st_mtime_ns if (p / f).exists() else 0 for f in (CONFIG_FILE, WEIGHTS_FILE))
+            key = (str(p), stamp)
+            if key not in self._loaded:
+                self._loaded[key] = load_module(module, fingerprint=self.fingerprint, shapes=self.shapes)
+            module = self._loaded[key]
         elif not isinstance(module, SparseModule):
             raise RerankError(f"not a module: {module!r}", hint="give a module folder or a SparseModule")
         elif module.config.base_fingerprint != self.fingerprint:
@@ -118,7 +116,7 @@ class ComposedModel:
         import torch
 
         idx_parts, val_parts = [], []
-        for m in sorted(modules, key=_content_key):
+        for m in sorted(modules, key=lambda m: m.content_key):
             for name, (idx, val) in m.entries.items():
                 idx_parts.append(idx.to(dtype=torch.int64) + self.offsets[name])
                 val_parts.append(val.to(dtype=self.flat.dtype))
@@ -174,7 +172,7 @@ class ComposedModel:
         for m in modules:
             key = (m.config.role, m.config.language)
             if key in seen:
-                from rerank.scoring.encoder import warn
+                from rerank.errors import warn
 
                 warn(
                     f"two {m.config.role} modules for language {m.config.language or '-'!r} are stacked "

@@ -9,9 +9,11 @@ Safetensors only; a folder is written under a temporary name and renamed when co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from rerank import __version__
@@ -63,6 +65,17 @@ class SparseModule:
 
     def __len__(self) -> int:
         return sum(int(i.numel()) for i, _ in self.entries.values())
+
+    @cached_property
+    def content_key(self) -> str:
+        """A stable key of the entries' content (the canonical stacking order), computed once."""
+        h = hashlib.sha256()
+        for name in sorted(self.entries):
+            idx, val = self.entries[name]
+            h.update(name.encode())
+            h.update(idx.numpy().tobytes())
+            h.update(val.float().numpy().tobytes())
+        return h.hexdigest()
 
 
 def _check_config(raw: object, where: Path) -> ModuleConfig:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank.errors import RerankError
+from rerank.errors import RerankError, warn
 from rerank.scoring.batching import length_sorted_batches, pad_batch
-from rerank.scoring.encoder import resolve, warn
+from rerank.scoring.encoder import resolve
 from rerank.scoring.runtime import load_tokenizer, load_weights, pick_device
 
 DEFAULT_MAX_LENGTH = 256
@@ -30,8 +30,9 @@ class CrossEncoder:
 
     kind = "cross"
 
-    def __init__(self, model=None, *, device: str | None = None, max_length: int = DEFAULT_MAX_LENGTH,
-                 max_tokens: int = 2048):
+    def __init__(
+        self, model=None, *, device: str | None = None, max_length: int = DEFAULT_MAX_LENGTH, max_tokens: int = 2048
+    ):
         self.info = resolve(model)
         if not self.info.has_head:
             raise RerankError(
@@ -48,8 +49,10 @@ class CrossEncoder:
         self._types = "token_type_ids" in self.tokenizer.model_input_names
         self._specials = self.tokenizer.num_special_tokens_to_add(pair=True)
         if self.max_length < self._specials + 2 * MIN_DOC_TOKENS:
-            raise RerankError(f"max_length {max_length} is too short for a query–document pair",
-                              hint=f"use at least {self._specials + 2 * MIN_DOC_TOKENS}")
+            raise RerankError(
+                f"max_length {max_length} is too short for a query–document pair",
+                hint=f"use at least {self._specials + 2 * MIN_DOC_TOKENS}",
+            )
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None, int]:
         """Token ids (and token types, for BERT-style tokenizers) per pair; how many queries were cut.
@@ -57,8 +60,13 @@ class CrossEncoder:
         tok = self.tokenizer
         queries = list(dict.fromkeys(q for q, _ in pairs))
         docs = list(dict.fromkeys(d for _, d in pairs))
-        kw = dict(add_special_tokens=False, truncation=False, return_attention_mask=False,
-                  return_token_type_ids=False, verbose=False)
+        kw = dict(
+            add_special_tokens=False,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
         q_ids = dict(zip(queries, tok(queries, **kw)["input_ids"], strict=True))
         d_ids = dict(zip(docs, tok(docs, **kw)["input_ids"], strict=True)) if docs else {}
         room = self.max_length - self._specials
@@ -84,17 +92,26 @@ class CrossEncoder:
             return scores
         ids, types, cut = self.encode_pairs(pairs)
         if cut:
-            warn(f"{cut} queries are longer than the cross-encoder's {self.max_length} tokens allow; "
-                 "they were truncated")
-        with torch.inference_mode(), tqdm(total=len(ids), desc="cross-encoder", unit="pair",
-                                          disable=not progress, leave=False, file=sys.stderr) as bar:
+            warn(
+                f"{cut} queries are longer than the cross-encoder's {self.max_length} tokens allow; "
+                "they were truncated"
+            )
+        with (
+            torch.inference_mode(),
+            tqdm(
+                total=len(ids), desc="cross-encoder", unit="pair", disable=not progress, leave=False, file=sys.stderr
+            ) as bar,
+        ):
             for batch in length_sorted_batches([len(s) for s in ids], self.max_tokens):
                 tok_ids, mask = pad_batch([ids[i] for i in batch], self.pad_id)
-                inputs = {"input_ids": torch.from_numpy(tok_ids).to(self.device),
-                          "attention_mask": torch.from_numpy(mask).to(self.device)}
+                inputs = {
+                    "input_ids": torch.from_numpy(tok_ids).to(self.device),
+                    "attention_mask": torch.from_numpy(mask).to(self.device),
+                }
                 if types is not None:
                     inputs["token_type_ids"] = torch.from_numpy(pad_batch([types[i] for i in batch], 0)[0]).to(
-                        self.device)
+                        self.device
+                    )
                 logits = self.model(**inputs).logits
                 scores[batch] = logits[:, 0].float().cpu().numpy()
                 bar.update(len(batch))
@@ -119,7 +136,8 @@ def init_cross_encoder(backbone, out: str | Path, *, seed: int = 0, overwrite: b
     hf_logging.set_verbosity_error()  # "newly initialized: classifier…" is the point here
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(info.path), config=cfg, local_files_only=True, use_safetensors=True)
+            str(info.path), config=cfg, local_files_only=True, use_safetensors=True
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     with atomic_dir(out, overwrite) as tmp:

@@ -11,14 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rerank.errors import RerankError
+from rerank.errors import RerankError, warn
 from rerank.scoring.batching import length_sorted_batches, pad_batch
 from rerank.scoring.runtime import load_tokenizer, load_weights, pick_device
-
-
-def warn(message: str) -> None:
-    """A one-line warning on stderr (the CLI's and the API's)."""
-    print(f"rerank: warning: {message}", file=sys.stderr)
 
 
 def resolve(model):
@@ -35,8 +30,9 @@ class Encoder:
     >>> q = enc.encode(["кыргыз тили"], kind="query")  # (1, 384) float32, "query: " prefixed for e5
     """
 
-    def __init__(self, model=None, *, device: str | None = None, max_length: int | None = None,
-                 max_tokens: int = 2048):
+    def __init__(
+        self, model=None, *, device: str | None = None, max_length: int | None = None, max_tokens: int = 2048
+    ):
         self.info = resolve(model)
         self.device = pick_device(device)
         self.tokenizer = load_tokenizer(self.info.path)
@@ -60,8 +56,14 @@ class Encoder:
     def tokenize(self, texts: Sequence[str], kind: str | None = None) -> tuple[list[list[int]], int]:
         """Token ids with special tokens, cut at ``max_length``; also how many texts were cut."""
         prefix = self.prefix(kind)
-        enc = self.tokenizer([prefix + t for t in texts], add_special_tokens=True, truncation=False,
-                             return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        enc = self.tokenizer(
+            [prefix + t for t in texts],
+            add_special_tokens=True,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
         ids = enc["input_ids"]
         cut = 0
         for i, s in enumerate(ids):
@@ -70,8 +72,9 @@ class Encoder:
                 cut += 1
         return ids, cut
 
-    def encode(self, texts: Sequence[str], kind: str | None = None, *, progress: bool = False,
-               desc: str = "encoding") -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], kind: str | None = None, *, progress: bool = False, desc: str = "encoding"
+    ) -> np.ndarray:
         """Unit vectors, one row per text, in input order (float32)."""
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -79,8 +82,10 @@ class Encoder:
             return out
         ids, cut = self.tokenize(texts, kind)
         if cut and kind == "query":
-            warn(f"{cut} of {len(texts)} queries are longer than the model's {self.max_length} tokens; "
-                 "they were truncated")
+            warn(
+                f"{cut} of {len(texts)} queries are longer than the model's {self.max_length} tokens; "
+                "they were truncated"
+            )
         self._run(ids, out, progress, desc)
         return out
 
@@ -89,8 +94,10 @@ class Encoder:
         from tqdm.auto import tqdm
 
         pooling = self.info.pooling
-        with torch.inference_mode(), tqdm(total=len(ids), desc=desc, unit="text", disable=not progress,
-                                          leave=False, file=sys.stderr) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(ids), desc=desc, unit="text", disable=not progress, leave=False, file=sys.stderr) as bar,
+        ):
             for batch in length_sorted_batches([len(s) for s in ids], self.max_tokens):
                 tok, mask = pad_batch([ids[i] for i in batch], self.pad_id)
                 t_ids = torch.from_numpy(tok).to(self.device)
@@ -111,8 +118,9 @@ class BiEncoder:
 
     kind = "bi"
 
-    def __init__(self, model=None, *, device: str | None = None, max_length: int | None = None,
-                 encoder: Encoder | None = None):
+    def __init__(
+        self, model=None, *, device: str | None = None, max_length: int | None = None, encoder: Encoder | None = None
+    ):
         self.encoder = encoder or Encoder(model, device=device, max_length=max_length)
         self.info = self.encoder.info
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from rerank.errors import RerankError
-from rerank.scoring.encoder import resolve, warn
+from rerank.errors import RerankError, warn
+from rerank.scoring.encoder import resolve
 from rerank.types import ScoredDoc
 
 KINDS = ("auto", "bi", "cross")
@@ -48,8 +48,9 @@ class Reranker:
         """A score per (query, document) pair, in input order; higher is more relevant."""
         return self.scorer.predict(pairs, progress=progress)
 
-    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = True) -> list[dict]:
+    def rank(
+        self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = True
+    ) -> list[dict]:
         """Documents sorted by score: ``[{"corpus_id": i, "score": s, "text": doc}, …]`` (the shape of
         sentence-transformers' ``CrossEncoder.rank``). Empty documents are ranked last, with a warning."""
         if not isinstance(query, str) or not query.strip():
@@ -58,12 +59,20 @@ class Reranker:
         if any(not isinstance(d, str) for d in documents):
             raise RerankError("documents must be strings", hint="pass a list of document texts")
         order, scores = self._order(query, documents, list(range(len(documents))))
-        ranked = [{"corpus_id": i, "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
-                  for i in order]
+        ranked = [
+            {"corpus_id": i, "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
+            for i in order
+        ]
         return ranked[:top_k] if top_k is not None else ranked
 
-    def rerank(self, query_id: str, query: str, candidates: Sequence[ScoredDoc], text: Callable[[str], str] | Mapping,
-               top_k: int | None = None) -> list[ScoredDoc]:
+    def rerank(
+        self,
+        query_id: str,
+        query: str,
+        candidates: Sequence[ScoredDoc],
+        text: Callable[[str], str] | Mapping,
+        top_k: int | None = None,
+    ) -> list[ScoredDoc]:
         """Rescore a first-stage list; ``text`` gives a document's text by id. Ties keep first-stage order."""
         get = text.get if isinstance(text, Mapping) else text
         texts = [get(c.doc_id) or "" for c in candidates]
