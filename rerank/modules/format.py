@@ -1,9 +1,13 @@
 """The module format: a folder with ``module_config.json`` and ``module.safetensors``.
 
-For each base parameter ``P`` a sparse module touches, ``module.safetensors`` holds ``P.idx`` (int32
-flat indices into ``P``, most important first) and ``P.val`` (the deltas, same length). Dense extras
-(e.g. a ranking head) are stored as ``extra.NAME``. Parameter names are the encoder's normalised
-names (``encoder.layer.0.attention.self.query.weight``: no ``bert.`` prefix), as fingerprints use.
+For each base parameter ``P`` a sparse module (sft, shira) touches, ``module.safetensors`` holds
+``P.idx`` (int32 flat indices into ``P``, most important first) and ``P.val`` (the deltas, same
+length). A LoRA module holds ``P.lora_A`` (r × in) and ``P.lora_B`` (out × r) per target weight, its
+delta being ``scaling · B @ A`` (ranks most important first). A bottleneck-adapter module holds the
+``adapters`` library's weights as ``adapter.NAME`` (``{}`` standing for the adapter's name) and that
+library's config in ``adapter_config``. Dense extras (e.g. a ranking head) are stored as
+``extra.NAME``. Parameter names are the encoder's normalised names
+(``encoder.layer.0.attention.self.query.weight``: no ``bert.`` prefix), as fingerprints use.
 Safetensors only; a folder is written under a temporary name and renamed when complete.
 """
 
@@ -39,7 +43,9 @@ class ModuleConfig:
     base_fingerprint: str  # the backbone's content fingerprint (rerank.backbone.fingerprint)
     shapes: dict[str, list[int]] = field(default_factory=dict)  # touched base parameter -> its shape
     density: float | None = None  # sparse kinds: touched entries / entries of the touched parameters
-    rank: int | None = None  # lora
+    rank: int | None = None  # lora: the largest rank of its targets
+    scaling: float | None = None  # lora: the delta is scaling · B @ A (peft: lora_alpha / r)
+    adapter_config: dict | None = None  # adapter: the `adapters` library's config (e.g. seq_bn, seq_bn_inv)
     value_dtype: str = "float32"
     bits: int | None = None  # low-bit storage: 1, 2, 4, 8 (codes + per-block scales) or 16 (float16)
     block: int | None = None  # entries per scale, for 1–8 bits
@@ -50,32 +56,46 @@ class ModuleConfig:
 
 
 @dataclass
-class SparseModule:
-    """A sparse module in memory: per parameter, flat indices (int32) and delta values."""
+class Module:
+    """A module in memory. Sparse kinds: per parameter, flat indices (int32) and delta values; LoRA:
+    per target weight, (A, B); adapter: the adapters library's tensors; any kind: dense extras."""
 
     config: ModuleConfig
-    entries: dict  # name -> (idx: torch.IntTensor, val: torch.Tensor)
+    entries: dict = field(default_factory=dict)  # name -> (idx: torch.IntTensor, val: torch.Tensor)
     extras: dict = field(default_factory=dict)  # name -> torch.Tensor (dense extras)
     path: Path | None = None
     packed: dict = field(default_factory=dict)  # name -> {"codes", "scales"} when stored at 1–8 bits
+    lora: dict = field(default_factory=dict)  # target weight name -> (A: r × in, B: out × r)
+    weights: dict = field(default_factory=dict)  # adapter: tensor name ("{}" = adapter name) -> tensor
 
     @property
     def name(self) -> str:
         return str(self.path) if self.path else f"{self.config.role}:{self.config.language}:{self.config.kind}"
 
     def __len__(self) -> int:
-        return sum(int(i.numel()) for i, _ in self.entries.values())
+        """Stored numbers: sparse entries, or LoRA/adapter parameters."""
+        n = sum(int(i.numel()) for i, _ in self.entries.values())
+        n += sum(int(a.numel() + b.numel()) for a, b in self.lora.values())
+        return n + sum(int(t.numel()) for t in self.weights.values())
 
     @cached_property
     def content_key(self) -> str:
-        """A stable key of the entries' content (the canonical stacking order), computed once."""
-        h = hashlib.sha256()
+        """A stable key of the module's content (the canonical stacking order), computed once."""
+        h = hashlib.sha256(self.config.kind.encode())
         for name in sorted(self.entries):
             idx, val = self.entries[name]
             h.update(name.encode())
             h.update(idx.numpy().tobytes())
             h.update(val.float().numpy().tobytes())
+        for group in (self.lora, self.weights, self.extras):
+            for name in sorted(group):
+                h.update(name.encode())
+                for t in group[name] if isinstance(group[name], tuple) else (group[name],):
+                    h.update(t.detach().float().contiguous().numpy().tobytes())
         return h.hexdigest()
+
+
+SparseModule = Module  # the name sparse-only code used
 
 
 def _check_config(raw: object, where: Path) -> ModuleConfig:
@@ -98,7 +118,7 @@ def _check_config(raw: object, where: Path) -> ModuleConfig:
     return cfg
 
 
-def save_module(module: SparseModule, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_module(module: Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``module`` as a folder (atomically). Indices are stored as int32, values as ``value_dtype``."""
     import torch
     from safetensors.torch import save_file
@@ -114,6 +134,16 @@ def save_module(module: SparseModule, path: str | os.PathLike, overwrite: bool =
             tensors[f"{name}.codes"], tensors[f"{name}.scales"] = packed["codes"], packed["scales"]
         else:
             tensors[f"{name}.val"] = val.to(getattr(torch, cfg.value_dtype)).contiguous()
+    if (module.lora or module.weights) and cfg.bits in (1, 2, 4, 8):
+        raise RerankError(
+            f"{cfg.bits}-bit storage is for sparse modules; a {cfg.kind} module is stored at 16 or 32 bits",
+            hint="use --bits 16",
+        )
+    for name, (a, b) in module.lora.items():
+        tensors[f"{name}.lora_A"] = a.to(getattr(torch, cfg.value_dtype)).contiguous()
+        tensors[f"{name}.lora_B"] = b.to(getattr(torch, cfg.value_dtype)).contiguous()
+    for name, t in module.weights.items():
+        tensors[f"adapter.{name}"] = t.to(getattr(torch, cfg.value_dtype)).contiguous()
     for name, t in module.extras.items():
         tensors[f"extra.{name}"] = t.contiguous()
     with atomic_dir(path, overwrite) as tmp:
@@ -127,7 +157,7 @@ def save_module(module: SparseModule, path: str | os.PathLike, overwrite: bool =
 
 def load_module(
     path: str | os.PathLike, *, fingerprint: str | None = None, shapes: dict[str, tuple[int, ...]] | None = None
-) -> SparseModule:
+) -> Module:
     """Read and validate a module folder. ``fingerprint``: the loaded backbone's, refused if different.
     ``shapes``: the backbone's parameter shapes, to check names and index ranges against."""
     import torch
@@ -202,21 +232,67 @@ def load_module(
             if torch.unique(idx).numel() != idx.numel():
                 raise RerankError(f"{where}: duplicate indices", hint="each entry may appear once; rebuild it")
         entries[name] = (idx, val)
+    lora, weights = _load_lora(p, cfg, tensors, shapes), {}
     for k, t in tensors.items():
         if k.startswith("extra."):
             extras[k[len("extra.") :]] = t
-        elif not k.endswith((".idx", ".val", ".codes", ".scales")):
+        elif k.startswith("adapter."):
+            weights[k[len("adapter.") :]] = t.float()
+        elif not k.endswith((".idx", ".val", ".codes", ".scales", ".lora_A", ".lora_B")):
             raise RerankError(f"module {p}: unexpected tensor {k!r}", hint="the module is damaged; rebuild it")
+    _check_kind(p, cfg, entries, lora, weights)
     stray = {k[: -len(".val")] for k in tensors if k.endswith(".val")} - names
     if stray:
         raise RerankError(
             f"module {p}, parameter {sorted(stray)[0]}: values without indices",
             hint="the module is damaged; rebuild it",
         )
-    return SparseModule(cfg, entries, extras, p, packed_all)
+    return Module(cfg, entries, extras, p, packed_all, lora, weights)
 
 
-def quantize_module(module: SparseModule, bits: int, block: int | None = None) -> SparseModule:
+def _load_lora(p: Path, cfg: ModuleConfig, tensors: dict, shapes: dict | None) -> dict:
+    """``P.lora_A`` / ``P.lora_B`` pairs, checked against each other and the backbone's shapes."""
+    lora = {}
+    names = {k[: -len(".lora_A")] for k in tensors if k.endswith(".lora_A")}
+    names |= {k[: -len(".lora_B")] for k in tensors if k.endswith(".lora_B")}
+    for name in sorted(names):
+        a, b = tensors.get(f"{name}.lora_A"), tensors.get(f"{name}.lora_B")
+        where = f"module {p}, LoRA target {name}"
+        if a is None or b is None:
+            raise RerankError(f"{where}: lora_A and lora_B must both be present", hint="the module is damaged")
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or a.shape[0] < 1:
+            raise RerankError(
+                f"{where}: lora_A {list(a.shape)} and lora_B {list(b.shape)} are not r × in and out × r",
+                hint="the module is damaged",
+            )
+        shape = tuple(shapes[name]) if shapes is not None and name in shapes else tuple(cfg.shapes.get(name, ()))
+        if shapes is not None and name not in shapes:
+            raise RerankError(f"{where}: the backbone has no such parameter", hint="a module for another model?")
+        if shape and (len(shape) != 2 or (b.shape[0], a.shape[1]) != shape):
+            raise RerankError(
+                f"{where}: B @ A is {[b.shape[0], a.shape[1]]}, the weight is {list(shape)}",
+                hint="a module for another model?",
+            )
+        lora[name] = (a.float(), b.float())
+    return lora
+
+
+def _check_kind(p: Path, cfg: ModuleConfig, entries: dict, lora: dict, weights: dict) -> None:
+    """A module holds the tensors its kind uses, and only those."""
+    held = {"sparse entries": bool(entries), "LoRA pairs": bool(lora), "adapter weights": bool(weights)}
+    wanted = {"sft": "sparse entries", "shira": "sparse entries", "lora": "LoRA pairs", "adapter": "adapter weights"}
+    wrong = [k for k, v in held.items() if v and k != wanted[cfg.kind]]
+    if wrong:
+        raise RerankError(f"module {p} is a {cfg.kind} module but holds {wrong[0]}", hint="the module is damaged")
+    if cfg.kind == "lora" and (cfg.scaling is None or not lora):
+        raise RerankError(f"module {p}: a LoRA module needs LoRA pairs and a scaling", hint="the module is damaged")
+    if cfg.kind == "adapter" and (not cfg.adapter_config or not weights):
+        raise RerankError(
+            f"module {p}: an adapter module needs adapter_config and adapter weights", hint="the module is damaged"
+        )
+
+
+def quantize_module(module: Module, bits: int, block: int | None = None) -> Module:
     """A copy of ``module`` stored at ``bits`` (1, 2, 4, 8: codes + per-block float16 scales; 16: float16;
     32: float32). Its in-memory values are what loading the saved module gives back."""
     import dataclasses
@@ -231,7 +307,13 @@ def quantize_module(module: SparseModule, bits: int, block: int | None = None) -
             f"{module.name} is stored at {module.config.bits} bits; more bits cannot restore precision",
             hint="quantize the original module instead",
         )
+    if (module.lora or module.weights) and bits < 16:
+        raise RerankError(
+            f"{bits}-bit storage is for sparse modules; {module.name} is a {module.config.kind} module",
+            hint="use --bits 16 (float16) for LoRA and adapter modules",
+        )
     block = block or DEFAULT_BLOCK
+    dtype = torch.float16 if bits == 16 else torch.float32
     entries, packed = {}, {}
     for name, (idx, val) in module.entries.items():
         if bits in (1, 2, 4, 8):
@@ -239,7 +321,6 @@ def quantize_module(module: SparseModule, bits: int, block: int | None = None) -
             packed[name] = q
             entries[name] = (idx, dequantize(q["codes"], q["scales"], idx.numel(), bits, block))
         else:
-            dtype = torch.float16 if bits == 16 else torch.float32
             entries[name] = (idx, val.to(dtype).to(torch.float32))
     cfg = dataclasses.replace(
         module.config,
@@ -247,7 +328,9 @@ def quantize_module(module: SparseModule, bits: int, block: int | None = None) -
         block=block if bits < 16 else None,
         value_dtype="float16" if bits == 16 else "float32",
     )
-    return SparseModule(cfg, entries, dict(module.extras), None, packed)
+    lora = {n: (a.to(dtype).float(), b.to(dtype).float()) for n, (a, b) in module.lora.items()}
+    weights = {n: t.to(dtype).float() for n, t in module.weights.items()}
+    return Module(cfg, entries, dict(module.extras), None, packed, lora, weights)
 
 
 def module_size(path: str | os.PathLike) -> int:
@@ -266,12 +349,14 @@ def parse_density(text: str | float) -> float:
     return value
 
 
-def truncate_module(module: SparseModule, density: float, shapes: dict | None = None) -> SparseModule:
+def truncate_module(module: Module, density: float, shapes: dict | None = None) -> Module:
     """Keep, per parameter, the ``density`` × size most important entries (entries are stored most
     important first) — a smaller budget of the same module, chosen at load time."""
     import dataclasses
     import math
 
+    if module.config.kind not in SPARSE_KINDS:
+        return module  # a density budget is for sparse modules; LoRA has rank budgets
     entries = {}
     for name, (idx, val) in module.entries.items():
         shape = (shapes or {}).get(name) or module.config.shapes.get(name)
@@ -280,4 +365,19 @@ def truncate_module(module: SparseModule, density: float, shapes: dict | None = 
         keep = max(1, math.ceil(math.prod(shape) * density))
         entries[name] = (idx[:keep], val[:keep])
     cfg = dataclasses.replace(module.config, density=min(density, module.config.density or density))
-    return SparseModule(cfg, entries, dict(module.extras), module.path, {})
+    return Module(cfg, entries, dict(module.extras), module.path, {})
+
+
+def truncate_rank(module: Module, rank: int) -> Module:
+    """Keep the first ``rank`` ranks of each LoRA target (ranks are stored most important first, as
+    DyLoRA trains them); the scaling stays, so the delta is a prefix of the same sum. Other kinds are
+    returned unchanged."""
+    import dataclasses
+
+    if rank < 1:
+        raise RerankError(f"rank {rank} is not a positive integer", hint="e.g. --module-rank 8")
+    if module.config.kind != "lora" or (module.config.rank or 0) <= rank:
+        return module
+    lora = {n: (a[:rank].contiguous(), b[:, :rank].contiguous()) for n, (a, b) in module.lora.items()}
+    cfg = dataclasses.replace(module.config, rank=rank)
+    return Module(cfg, {}, dict(module.extras), module.path, {}, lora, {})
