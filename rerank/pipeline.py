@@ -61,7 +61,8 @@ class Pipeline:
                  model=None, dense_model=None, depth: int = DEFAULT_DEPTH, fusion_k: float = DEFAULT_K,
                  fusion_weights: Sequence[float] | None = None, device: str | None = None,
                  max_length: int | None = None, analyzer: str | None = None,
-                 modules: Sequence | Mapping | None = None, module_density: float | None = None):
+                 modules: Sequence | Mapping | None = None, module_density: float | None = None,
+                 module_rank: int | None = None):
         from rerank.indexes.bm25 import BM25Index
         from rerank.indexes.dense import dense_path
 
@@ -94,6 +95,7 @@ class Pipeline:
         self._composer = None
         self.modules = _module_map(modules)
         self.module_density = module_density
+        self.module_rank = module_rank
         if self.modules and reranker == "none":
             raise RerankError("modules specialise the reranker; with --reranker none they would do nothing",
                               hint="pick a reranker (bi or cross) or drop --modules")
@@ -208,7 +210,7 @@ class Pipeline:
                   disable=not progress, leave=False) as bar:
             for mods, qs in groups.items():
                 if self.modules:
-                    self.composer.switch(list(mods), self.module_density)
+                    self.composer.switch(list(mods), self.module_density, self.module_rank)
                 for q in qs:
                     cands = first[q.query_id][: self.depth]
                     final[q.query_id] = self._rerank(q, cands, first[q.query_id][self.depth :])[:k]
@@ -266,7 +268,11 @@ class Pipeline:
 
 
 def _module_map(modules) -> dict[str, tuple]:
-    """``[paths]`` (every query) or ``{lang: [paths]}`` (``"*"``: the rest) → {lang code: paths}."""
+    """``[paths]`` or ``{lang: [paths]}`` (``"*"``: the rest) → {lang code: paths}.
+
+    A plain list is stacked for every query — unless it holds language modules of two or more
+    languages: then each language module serves the queries of its own language (as its config says),
+    the other modules serve every query, and a query in a language no module names gets only those."""
     from rerank import languages
 
     if not modules:
@@ -275,4 +281,27 @@ def _module_map(modules) -> dict[str, tuple]:
         return {("*" if k == "*" else languages.code(k)): tuple(str(p) for p in v) for k, v in modules.items()}
     if isinstance(modules, str | os.PathLike):
         modules = [modules]
-    return {"*": tuple(str(p) for p in modules)}
+    paths = [str(p) for p in modules]
+    by_lang: dict[str, list[str]] = {}
+    common = []
+    for p in paths:
+        cfg = _module_role(p)
+        if cfg is not None and cfg[0] == "language" and cfg[1]:
+            by_lang.setdefault(languages.code(cfg[1]), []).append(p)
+        else:
+            common.append(p)
+    if len(by_lang) < 2:
+        return {"*": tuple(paths)}
+    return {"*": tuple(common), **{lang: tuple(ps + common) for lang, ps in by_lang.items()}}
+
+
+def _module_role(path: str) -> tuple[str, str] | None:
+    """(role, language) from a module folder's config; None when it cannot be read (reported at load)."""
+    import json
+    from pathlib import Path
+
+    try:
+        raw = json.loads((Path(path) / "module_config.json").read_text(encoding="utf-8"))
+        return str(raw.get("role", "")), str(raw.get("language", "") or "")
+    except (OSError, ValueError, AttributeError):
+        return None

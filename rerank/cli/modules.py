@@ -10,6 +10,7 @@ import typer
 from rerank.cli._common import out, user_errors
 
 app = typer.Typer(help="Inspect and convert composable modules.", no_args_is_help=True)
+_ADAPTER_KEYS = ("reduction_factor", "inv_adapter", "mh_adapter", "output_adapter", "non_linearity")
 
 
 @app.command("info")
@@ -20,13 +21,22 @@ def info(path: Annotated[Path, typer.Argument(help="A module folder.")]) -> None
 
     m = load_module(path)
     c = m.config
-    touched = sum(1 for _ in m.entries)
+    if m.entries:
+        what = f"{len(m):,} sparse entries in {len(m.entries)} parameters"
+        what += f", density {c.density:.4%}" if c.density else ""
+    elif m.lora:
+        what = f"{len(m):,} LoRA numbers in {len(m.lora)} targets, scaling {c.scaling:g}"
+    else:
+        kinds = ", ".join(f"{k}={v}" for k, v in (c.adapter_config or {}).items() if k in _ADAPTER_KEYS)
+        what = f"{len(m):,} adapter numbers ({kinds})"
+    if m.extras:
+        what += f"; extras: {', '.join(sorted(m.extras))}"
     rows = [
         ("kind", c.kind),
         ("role", c.role),
         ("language", c.language or "-"),
         ("base", f"{c.base_model} {c.base_fingerprint}"),
-        ("entries", f"{len(m):,} in {touched} parameters" + (f", density {c.density:.4%}" if c.density else "")),
+        ("contents", what),
         ("rank", str(c.rank) if c.rank else "-"),
         ("values", f"{c.bits} bits, blocks of {c.block}" if c.bits and c.bits < 16 else c.value_dtype),
         ("size on disk", f"{module_size(path):,} bytes"),
@@ -60,3 +70,72 @@ def quantize(
     save_module(q, out_dir, overwrite=overwrite)
     before, after = module_size(path), module_size(out_dir)
     out.print(f"wrote {out_dir}: {bits}-bit values, {after:,} bytes ({after / before:.1%} of {before:,})")
+
+
+@app.command("export")
+@user_errors
+def export(
+    path: Annotated[Path, typer.Argument(help="A module folder (LoRA or sparse).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The peft adapter folder to write.")],
+    to: Annotated[str, typer.Option("--to", help="Target library (peft).")] = "peft",
+    for_model: Annotated[
+        str,
+        typer.Option(
+            "--for",
+            help="auto | encoder | cross-encoder: the model class peft will wrap (auto: cross-encoder when the "
+            "module carries a classification head).",
+        ),
+    ] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+) -> None:
+    """Write a module as a folder peft loads (LoRA as LORA, sparse as SHIRA)."""
+    from rerank.collections._io import refuse_existing
+    from rerank.errors import RerankError
+    from rerank.modules.format import load_module
+    from rerank.modules.interop import export_peft
+
+    if to != "peft":
+        raise RerankError(f"--to {to!r}: modules are exported to peft", hint="--to peft")
+    if for_model not in ("auto", "encoder", "cross-encoder"):
+        raise RerankError(f"--for {for_model!r} is not a model class", hint="auto, encoder or cross-encoder")
+    refuse_existing(out_dir, overwrite)
+    m = load_module(path)
+    head = None if for_model == "auto" else for_model == "cross-encoder"
+    export_peft(m, out_dir, head=head, overwrite=overwrite)
+    kind = "LORA" if m.config.kind == "lora" else "SHIRA"
+    out.print(f"wrote {out_dir}: a peft {kind} adapter (PeftModel.from_pretrained(base, {str(out_dir)!r}) loads it)")
+
+
+@app.command("import")
+@user_errors
+def import_(
+    path: Annotated[Path, typer.Argument(help="A peft adapter folder (LORA or SHIRA, safetensors).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The module folder to write.")],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="The backbone it was trained on [default: embedded e5-small].")
+    ] = None,
+    role: Annotated[str, typer.Option("--role", help="language or task.")] = "task",
+    lang: Annotated[str, typer.Option("--lang", help="Its language (a language module needs one).")] = "",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+) -> None:
+    """Turn a peft LoRA or SHiRA adapter into a module for a backbone."""
+    from rerank import languages
+    from rerank.backbone import resolve_model
+    from rerank.collections._io import refuse_existing
+    from rerank.errors import RerankError
+    from rerank.modules.format import ROLES, module_size, save_module
+    from rerank.modules.interop import backbone_shapes, import_peft
+
+    if role not in ROLES:
+        raise RerankError(f"--role {role!r} is not a module role", hint="language or task")
+    if role == "language" and not lang:
+        raise RerankError("a language module needs its language", hint="add --lang, e.g. --lang ky")
+    code = languages.code(lang) if lang else ""
+    refuse_existing(out_dir, overwrite)
+    info_ = resolve_model(model)
+    m = import_peft(
+        path, fingerprint=info_.fingerprint, shapes=backbone_shapes(info_.path), base_model=info_.name, role=role,
+        language=code,
+    )  # fmt: skip
+    save_module(m, out_dir, overwrite=overwrite)
+    out.print(f"wrote {out_dir}: a {m.config.kind} {role} module, {len(m):,} numbers, {module_size(out_dir):,} bytes")

@@ -37,10 +37,17 @@ def search(
     ] = None,
     modules: Annotated[
         str | None,
-        typer.Option("--modules", help="Module folders stacked into the reranker, comma-separated (lang + task)."),
+        typer.Option(
+            "--modules",
+            help="Module folders stacked into the reranker, comma-separated (lang + task). Language modules of "
+            "several languages: each serves the queries of its own language.",
+        ),
     ] = None,
     module_density: Annotated[
         str | None, typer.Option("--module-density", help="Keep this much of each sparse module, e.g. 0.5%.")
+    ] = None,
+    module_rank: Annotated[
+        int | None, typer.Option("--module-rank", min=1, help="Keep the first r ranks of each LoRA module.")
     ] = None,
     depth: Annotated[int, typer.Option("--depth", min=1, help="How many first-stage results are reranked.")] = 100,
     fusion_weights: Annotated[
@@ -108,6 +115,7 @@ def search(
         analyzer=analyzer,
         modules=[m for m in modules.split(",") if m.strip()] if modules else None,
         module_density=parse_density(module_density) if module_density else None,
+        module_rank=module_rank,
     )
     try:
         stage = pipe.plan(code or None)

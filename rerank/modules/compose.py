@@ -45,6 +45,8 @@ class ComposedModel:
     >>> model.revert()                                   # bitwise the loaded base again
     """
 
+    max_plans = 8  # module sets whose prepared writes are kept (a few MB each): switching back costs no sort
+
     def __init__(self, model, fingerprint: str | None = None):
         import torch
 
@@ -91,6 +93,8 @@ class ComposedModel:
         self._slots: dict[str, str] = {}  # adapter module content key -> adapter name inside the model
         self.active: list = []
         self._loaded: dict[tuple, object] = {}  # (path, mtime) -> validated module: a switch reads no file
+        self._checked: dict[int, object] = {}  # id -> in-memory module already checked
+        self._plans: dict[tuple, dict] = {}  # module set (+ budgets) -> what it writes, prepared once (LRU)
 
     # -- loading ----------------------------------------------------------------------------------
     def load(self, module) -> object:
@@ -112,6 +116,8 @@ class ComposedModel:
             return self._loaded[key]
         if not isinstance(module, Module):
             raise RerankError(f"not a module: {module!r}", hint="give a module folder or a Module")
+        if self._checked.get(id(module)) is module:
+            return module
         if module.config.base_fingerprint != self.fingerprint:
             raise RerankError(
                 f"module {module.name} was made for backbone {module.config.base_fingerprint[:19]}, "
@@ -119,6 +125,7 @@ class ComposedModel:
                 hint="use a module for this backbone",
             )
         self._check(module)
+        self._checked[id(module)] = module
         return module
 
     def _check(self, module) -> None:
@@ -162,29 +169,18 @@ class ComposedModel:
         ``rank`` ranks of each LoRA module."""
         import torch
 
-        from rerank.modules.format import SPARSE_KINDS, truncate_module, truncate_rank
         from rerank.modules.kernels import scatter_apply
 
         loaded = [self.load(m) for m in modules]
-        if density is not None:
-            loaded = [truncate_module(m, density, self.shapes) for m in loaded]
-        if rank is not None:
-            loaded = [truncate_rank(m, rank) for m in loaded]
-        self._warn_same_role(loaded)
-        ordered = sorted(loaded, key=lambda m: m.content_key)
-        sparse = [m for m in ordered if m.config.kind in SPARSE_KINDS]
-        loras = [m for m in ordered if m.config.kind == "lora"]
-        extras = self._merged_extras(ordered)
-        slots = self._prepare_adapters([m for m in ordered if m.config.kind == "adapter"])
-        idx, val = self._global(sparse)
-        # overlapping entries summed on the CPU, sequentially in canonical module order: deterministic
-        union, inverse = torch.unique(idx, return_inverse=True)  # sorted
-        delta = torch.zeros(union.numel(), dtype=val.dtype).index_add_(0, inverse, val)
-        union, delta = union.to(self.flat.device), delta.to(self.flat.device)
-        targets: dict[str, list] = {}
-        for m in loras:
-            for name, (a, b) in m.lora.items():
-                targets.setdefault(name, []).append((a, b, float(m.config.scaling)))
+        key = (tuple(sorted(m.content_key for m in loaded)), density, rank)
+        plan = self._plans.pop(key, None)
+        if plan is None:
+            plan = self._plan(loaded, density, rank)
+            while len(self._plans) >= self.max_plans:
+                self._plans.pop(next(iter(self._plans)))
+        self._plans[key] = plan  # most recently used last
+        union, delta, targets, extras = plan["union"], plan["delta"], plan["targets"], plan["extras"]
+        slots = self._prepare_adapters(plan["adapters"])
         # -- from here on nothing can fail on a module: restore, then write
         with torch.no_grad():
             self._restore(keep_lora=set(targets))
@@ -194,7 +190,6 @@ class ComposedModel:
                 if base is None:
                     base = self._lora_base[name] = w.clone()
                 for i, (a, b, scaling) in enumerate(pairs):
-                    a, b = a.to(w.device, w.dtype), b.to(w.device, w.dtype)
                     if i == 0:
                         torch.addmm(base, b, a, alpha=scaling, out=w)  # one pass: W = base + s·B@A
                     else:
@@ -209,8 +204,41 @@ class ComposedModel:
             from adapters.composition import Stack
 
             self.model.set_active_adapters(Stack(*slots) if len(slots) > 1 else slots[0])
-        self.active = loaded
+        self.active = plan["modules"]
         return self
+
+    def _plan(self, loaded: Sequence, density: float | None, rank: int | None) -> dict:
+        """Everything a set of modules writes, prepared (and checked) once: budgets applied, canonical
+        order, overlapping sparse entries pre-summed, LoRA pairs per target, heads, adapters."""
+        import torch
+
+        from rerank.modules.format import SPARSE_KINDS, truncate_module, truncate_rank
+
+        ordered = sorted(loaded, key=lambda m: m.content_key)
+        if density is not None:
+            ordered = [truncate_module(m, density, self.shapes) for m in ordered]
+        if rank is not None:
+            ordered = [truncate_rank(m, rank) for m in ordered]
+        self._warn_same_role(ordered)
+        idx, val = self._global([m for m in ordered if m.config.kind in SPARSE_KINDS])
+        # overlapping entries summed on the CPU, sequentially in canonical module order: deterministic
+        union, inverse = torch.unique(idx, return_inverse=True)  # sorted
+        delta = torch.zeros(union.numel(), dtype=val.dtype).index_add_(0, inverse, val)
+        targets: dict[str, list] = {}
+        for m in ordered:
+            for name, (a, b) in m.lora.items():
+                w = self.names[name]
+                targets.setdefault(name, []).append(
+                    (a.to(w.device, w.dtype), b.to(w.device, w.dtype), m.config.scaling)
+                )
+        return {
+            "modules": ordered,
+            "union": union.to(self.flat.device),
+            "delta": delta.to(self.flat.device),
+            "targets": targets,
+            "extras": self._merged_extras(ordered),
+            "adapters": [m for m in ordered if m.config.kind == "adapter"],
+        }
 
     def switch(self, modules: Sequence, density: float | None = None, rank: int | None = None) -> ComposedModel:
         """Restore what the active modules changed, then apply ``modules``."""

@@ -60,6 +60,6 @@ def scatter_apply(flat, union, delta):
         n = union.numel()
         _kernel[((n + BLOCK - 1) // BLOCK,)](flat, union, delta, saved, n, BLOCK=BLOCK)
         return saved
-    saved = flat[union].clone()
+    saved = flat[union]  # advanced indexing gathers into a new tensor
     flat.index_put_((union,), saved + delta)
     return saved

@@ -129,3 +129,33 @@ def test_what_cannot_cross_is_refused(cross, tmp_path):
               str(tmp_path / "ia3" / "adapter_model.safetensors"))  # fmt: skip
     with pytest.raises(RerankError, match="peft type IA3 cannot be imported"):
         import_peft(tmp_path / "ia3", fingerprint=cm.fingerprint, shapes=cm.shapes, base_model="t")
+
+
+def test_cli_export_then_import_gives_the_same_module(cross, tiny_cross, tmp_path, capsys):
+    from rerank.cli.main import main
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import load_module, save_module
+
+    cm = ComposedModel(cross)
+    src = save_module(random_lora(cm, 7, head=True), tmp_path / "en-task")
+
+    def run(*args):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return e.value.code, cap.out, cap.err
+
+    code, out, err = run("modules", "export", src, "--to", "peft", "--out", tmp_path / "peft")
+    assert code == 0 and "peft LORA adapter" in out, err
+    code, out, err = run("modules", "import", tmp_path / "peft", "--out", tmp_path / "back", "--model", tiny_cross)
+    assert code == 0 and "lora task module" in out, err
+    a, b = load_module(src), load_module(tmp_path / "back")
+    assert b.config.base_fingerprint == cm.fingerprint and b.config.scaling == a.config.scaling
+    assert a.lora.keys() == b.lora.keys() and a.extras.keys() == b.extras.keys()
+    assert all(torch.equal(a.lora[n][i], b.lora[n][i]) for n in a.lora for i in (0, 1))
+    code, out, _ = run("modules", "info", tmp_path / "back")
+    assert "LoRA numbers in 12 targets" in out and "extras: classifier.bias, classifier.weight" in out
+    code, _, err = run("modules", "import", tmp_path / "peft", "--out", tmp_path / "x", "--role", "language")
+    assert code == 2 and "needs its language" in err
+    code, _, err = run("modules", "export", src, "--to", "adapters", "--out", tmp_path / "y")
+    assert code == 2 and "--to peft" in err and "Traceback" not in err

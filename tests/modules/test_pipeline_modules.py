@@ -57,6 +57,16 @@ def test_mixed_language_batch_equals_each_language_alone(tiny_dense_index, tiny_
     assert all(torch.equal(after[n], t) for n, t in base.items())
 
 
+def test_language_modules_of_several_languages_serve_their_own_queries(tiny_dense_index, tiny_cross, module_dirs):
+    from rerank.pipeline import Pipeline
+
+    ky, ug = str(module_dirs["ky"]), str(module_dirs["ug"])
+    pipe = Pipeline(tiny_dense_index, reranker="cross", model=tiny_cross, modules=[ky, ug])
+    assert pipe.modules_for("ky") == (ky,) and pipe.modules_for("uig") == (ug,) and pipe.modules_for("tr") == ()
+    one = Pipeline(tiny_dense_index, reranker="cross", model=tiny_cross, modules=[ky])
+    assert one.modules_for("tr") == (ky,)  # one language: stacked for every query, as given
+
+
 def test_bad_modules_are_refused_before_searching(tiny_dense_index, tiny_cross, tmp_path, module_dirs):
     from rerank.pipeline import Pipeline
 
@@ -109,3 +119,27 @@ def test_cli_search_with_modules(capsys, tiny_dense_index, tiny_cross, module_di
         )
     err = capsys.readouterr().err
     assert e.value.code == 2 and "not a module folder" in err and not run.exists()
+
+
+def test_cli_search_stacks_a_sparse_language_and_a_lora_task_module(capsys, tiny_dense_index, tiny_cross, module_dirs,
+                                                                     tmp_path):  # fmt: skip
+    from transformers import AutoModelForSequenceClassification
+
+    from rerank.backbone import fingerprint
+    from rerank.cli.main import main
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import save_module
+    from tests.modules.test_kinds import random_lora
+
+    cm = ComposedModel(AutoModelForSequenceClassification.from_pretrained(str(tiny_cross)), fingerprint(tiny_cross))
+    task = save_module(random_lora(cm, 9, rank=6, head=True), tmp_path / "en-task-lora")
+    runs = {}
+    for extra in ([], ["--module-rank", "2"]):
+        out = tmp_path / f"run{len(extra)}.trec"
+        args = ["search", "--index", str(tiny_dense_index), "--first-stage", "bm25", "--model", str(tiny_cross)]
+        args += ["--modules", f"{module_dirs['ky']},{task}", "--lang", "ky", "right to education", "-o", str(out)]
+        with pytest.raises(SystemExit) as e:
+            main(args + extra)
+        assert e.value.code == 0, capsys.readouterr().err
+        runs[len(extra)] = out.read_text().split()
+    assert runs[0] != runs[2]  # a smaller rank is a different (smaller) delta
