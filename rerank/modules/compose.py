@@ -47,11 +47,20 @@ class ComposedModel:
 
     max_plans = 8  # module sets whose prepared writes are kept (a few MB each): switching back costs no sort
 
-    def __init__(self, model, fingerprint: str | None = None):
+    def __init__(self, model=None, fingerprint: str | None = None, device: str | None = None):
+        """``model``: a loaded torch model, or a model folder (``None``: the embedded backbone), loaded here
+        with its ranking head when it has one."""
         import torch
 
         from rerank.backbone.fingerprints import encoder_name
 
+        if model is None or isinstance(model, str | os.PathLike):
+            from rerank.backbone import resolve_model
+            from rerank.scoring.runtime import load_weights, pick_device
+
+            info = resolve_model(model)
+            model = load_weights(info.path, head=info.has_head, device=pick_device(device))
+            fingerprint = fingerprint or info.fingerprint
         self.model = model
         self.names: dict[str, torch.nn.Parameter] = {}
         self.heads: dict[str, torch.nn.Parameter] = {}  # head parameters (classifier, pooler): extras go here

@@ -230,3 +230,13 @@ def test_bad_kinds_are_refused_and_change_nothing(cross, tmp_path):
     with pytest.raises(RerankError, match="is a lora module but holds sparse entries"):
         load_module(tmp_path / "sparse")
     assert_bitwise(cross, base)
+
+
+def test_a_composed_model_loads_a_folder_itself(tiny_cross):
+    from rerank.backbone import fingerprint
+    from rerank.modules.compose import ComposedModel
+
+    cm = ComposedModel(tiny_cross)
+    assert cm.fingerprint == fingerprint(tiny_cross) and "classifier.weight" in cm.heads
+    with pytest.raises(RerankError, match="does not exist|no such|not found"):
+        ComposedModel(tiny_cross / "nope")
