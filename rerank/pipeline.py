@@ -92,7 +92,6 @@ class Pipeline:
         self._model, self._dense_model = model, dense_model
         self._dense = None
         self._reranker = None
-        self._composer = None
         self.modules = _module_map(modules)
         self.module_density = module_density
         self.module_rank = module_rank
@@ -227,13 +226,7 @@ class Pipeline:
     @property
     def composer(self):
         """The reranker's weights under module composition (built on first use)."""
-        if self._composer is None:
-            from rerank.modules.compose import ComposedModel
-
-            rr = self.reranker
-            model = rr.scorer.model if rr.kind == "cross" else rr.scorer.encoder.model
-            self._composer = ComposedModel(model, fingerprint=rr.info.fingerprint)
-        return self._composer
+        return self.reranker.composer
 
     def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc]) -> list[ScoredDoc]:
         if not cands:
@@ -256,8 +249,8 @@ class Pipeline:
         return [ScoredDoc(q.query_id, cands[i].doc_id, float(scores[i])) for i in order]
 
     def close(self) -> None:
-        if self._composer is not None:
-            self._composer.revert()
+        if self.modules and self._reranker is not None:
+            self._reranker.use_modules([])
         self.bm25.close()
 
     def __enter__(self) -> Pipeline:

@@ -24,7 +24,10 @@ class Reranker:
     for a plain backbone, with the bi-encoder (cosine of embeddings). ``kind="auto"`` picks the
     cross-encoder when the folder has a head. ``model=None`` is the embedded multilingual-e5-small."""
 
-    def __init__(self, model=None, kind: str = "auto", *, device: str | None = None, max_length: int | None = None):
+    def __init__(
+        self, model=None, kind: str = "auto", *, device: str | None = None, max_length: int | None = None,
+        modules: Sequence | None = None, module_density: float | None = None, module_rank: int | None = None,
+    ):  # fmt: skip
         if kind not in KINDS:
             raise RerankError(f"unknown reranker {kind!r}", hint="use bi, cross or auto")
         info = resolve(model)
@@ -40,6 +43,28 @@ class Reranker:
             self.scorer = BiEncoder(info, device=device, max_length=max_length)
         self.kind = kind
         self.info = info
+        self._composer = None
+        if modules:
+            self.use_modules(modules, density=module_density, rank=module_rank)
+
+    @property
+    def composer(self):
+        """The scorer's weights under module composition (:class:`rerank.modules.ComposedModel`)."""
+        if self._composer is None:
+            from rerank.modules.compose import ComposedModel
+
+            model = self.scorer.model if self.kind == "cross" else self.scorer.encoder.model
+            self._composer = ComposedModel(model, fingerprint=self.info.fingerprint)
+        return self._composer
+
+    def use_modules(self, modules: Sequence, density: float | None = None, rank: int | None = None) -> Reranker:
+        """Stack ``modules`` (folders or Modules: language + task) into the scorer, replacing what was
+        stacked; ``[]`` goes back to the base weights."""
+        if modules:
+            self.composer.switch(list(modules), density, rank)
+        elif self._composer is not None:
+            self._composer.revert()
+        return self
 
     def __repr__(self) -> str:
         return f"Reranker(kind={self.kind!r}, model={str(self.info.path)!r})"

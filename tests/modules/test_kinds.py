@@ -240,3 +240,16 @@ def test_a_composed_model_loads_a_folder_itself(tiny_cross):
     assert cm.fingerprint == fingerprint(tiny_cross) and "classifier.weight" in cm.heads
     with pytest.raises(RerankError, match="does not exist|no such|not found"):
         ComposedModel(tiny_cross / "nope")
+
+
+def test_reranker_takes_modules_and_goes_back(tiny_cross, tmp_path):
+    from rerank import Reranker
+    from rerank.modules.format import save_module
+
+    plain = Reranker(tiny_cross)
+    pairs = [("right to education", "Everyone has the right to education."), ("slavery", "No one shall be held.")]
+    base = plain.predict(pairs)
+    task = save_module(random_lora(plain.composer, 3, head=True), tmp_path / "task")
+    with_task = Reranker(tiny_cross, modules=[task])
+    assert not torch.allclose(torch.tensor(with_task.predict(pairs)), torch.tensor(base))
+    assert torch.equal(torch.tensor(with_task.use_modules([]).predict(pairs)), torch.tensor(base))
