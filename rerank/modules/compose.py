@@ -45,7 +45,9 @@ class ComposedModel:
     >>> model.revert()                                   # bitwise the loaded base again
     """
 
-    max_plans = 8  # module sets whose prepared writes are kept (a few MB each): switching back costs no sort
+    # module sets whose prepared writes are kept (12 bytes per entry): switching back to one is two passes
+    # of writes (restore, write), no sort and no gather; 0 keeps only the active set
+    max_plans = 8
 
     def __init__(self, model=None, fingerprint: str | None = None, device: str | None = None):
         """``model``: a loaded torch model, or a model folder (``None``: the embedded backbone), loaded here
@@ -185,10 +187,10 @@ class ComposedModel:
         plan = self._plans.pop(key, None)
         if plan is None:
             plan = self._plan(loaded, density, rank)
-            while len(self._plans) >= self.max_plans:
-                self._plans.pop(next(iter(self._plans)))
         self._plans[key] = plan  # most recently used last
-        union, delta, targets, extras = plan["union"], plan["delta"], plan["targets"], plan["extras"]
+        while len(self._plans) > max(self.max_plans, 1):
+            self._plans.pop(next(iter(self._plans)))
+        union, delta, targets, extras = plan["union"].long(), plan["delta"], plan["targets"], plan["extras"]
         slots = self._prepare_adapters(plan["adapters"])
         # -- from here on nothing can fail on a module: restore, then write
         with torch.no_grad():
@@ -203,8 +205,13 @@ class ComposedModel:
                         torch.addmm(base, b, a, alpha=scaling, out=w)  # one pass: W = base + s·B@A
                     else:
                         w.addmm_(b, a, alpha=scaling)
-            self._saved_val = scatter_apply(self.flat, union, delta)  # one launch / one index_put_
-            self._saved_idx = union
+            if plan["written"] is None:  # first time: gather the originals, write base + delta
+                saved = scatter_apply(self.flat, union, delta)  # one launch on a GPU
+                plan["saved"], plan["written"] = saved, saved + delta
+                plan["union"], plan["delta"] = union.to(torch.int32), None  # int32: global indices < 2**31
+            else:  # the values under these indices are the same every time: one write, no gather
+                self.flat.index_copy_(0, union, plan["written"])
+            self._saved_idx, self._saved_val = union, plan["saved"]
             for name, t in extras.items():
                 p = self.heads[name]
                 self._extra_saved[name] = p.detach().clone()
@@ -244,6 +251,8 @@ class ComposedModel:
             "modules": ordered,
             "union": union.to(self.flat.device),
             "delta": delta.to(self.flat.device),
+            "saved": None,  # the values under `union` before the first write (the same every time: restore is exact)
+            "written": None,  # saved + delta: what a later application of this set writes in one pass
             "targets": targets,
             "extras": self._merged_extras(ordered),
             "adapters": [m for m in ordered if m.config.kind == "adapter"],
@@ -265,7 +274,7 @@ class ComposedModel:
     def _restore(self, keep_lora: set) -> None:
         # sparse first: its saved values were read after the LoRA merges, the LoRA originals before them
         if self._saved_idx is not None:
-            self.flat.index_put_((self._saved_idx,), self._saved_val)
+            self.flat.index_copy_(0, self._saved_idx, self._saved_val)
             self._saved_idx = self._saved_val = None
         for name in [n for n in self._lora_base if n not in keep_lora]:
             self.names[name].data.copy_(self._lora_base.pop(name))

@@ -60,6 +60,6 @@ def scatter_apply(flat, union, delta):
         n = union.numel()
         _kernel[((n + BLOCK - 1) // BLOCK,)](flat, union, delta, saved, n, BLOCK=BLOCK)
         return saved
-    saved = flat[union]  # advanced indexing gathers into a new tensor
-    flat.index_put_((union,), saved + delta)
+    saved = flat.index_select(0, union)
+    flat.index_copy_(0, union, saved + delta)
     return saved

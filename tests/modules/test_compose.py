@@ -257,3 +257,21 @@ print("ok")
     env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
     cp = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert cp.returncode == 0 and cp.stdout.strip() == "ok", cp.stderr[-2000:]
+
+
+def test_switching_back_to_a_known_set_writes_the_same_weights(model, tiny_bert):
+    from transformers import BertModel
+
+    from rerank.modules.compose import ComposedModel
+
+    cm = ComposedModel(model)
+    cm.max_plans = 1  # evictions too
+    ky, ug, task = random_module(cm, 1), random_module(cm, 2, lang="ug"), random_module(cm, 3, role="task", lang="")
+    for _ in range(3):
+        cm.switch([ky, task])
+        cm.switch([ug, task])
+    cm.switch([task, ky])
+    again = snapshot(model)
+    fresh = ComposedModel(BertModel.from_pretrained(str(tiny_bert), add_pooling_layer=False))
+    fresh.apply([ky, task])
+    assert_bitwise(fresh.model, again)
