@@ -73,6 +73,7 @@ bench: $(INDEXES)
 	$(BIN)/python bench/bm25.py
 	$(BIN)/python bench/rerank.py
 	$(BIN)/python bench/first_stage.py
+	$(BIN)/python bench/switch.py
 
 clean:
 	rm -rf indexes runs data/udhr/*.jsonl data/udhr/*.tsv data/udhr/qrels.*.txt $(DATA)

@@ -20,15 +20,16 @@ Figures (medians of --repeats alternating runs, bench.bm25.paired or its rotatio
              Also: the first (cold) switch of each set, peft's unmerge drift after all the switches,
              whether our revert is bitwise, and torch.profiler's split of one warm switch.
   bound      memory-bandwidth bound of our switch: copy bandwidth = median of dst.copy_(src) of a
-             --copy-mb float32 tensor (bytes = read + write). Bytes a switch touches, U = entries in the
-             union of the two modules' indices (int64 global indices, float32 values):
-               restore U_prev: saved values read 4 + indices read 8 + weight entries written 4 = 16·U_prev
-               apply U_new:    indices 8 + deltas 4 read, weight entries read 4, saved values written 4,
-                               weight entries written 4 = 24·U_new
+             --copy-mb float32 tensor (bytes = read + write). Bytes a warm switch touches, U = entries in
+             the union of the two modules' indices (global indices, float32 values):
+               restore U_prev: indices read 8 + saved values read 4 + weight entries written 4 = 16·U_prev
+               apply U_new:    the set's int32 indices widened to int64 (read 4 + write 8), indices
+                               read 8 + prepared values (base + delta) read 4 + weight entries
+                               written 4 = 28·U_new
              averaged over the two directions; bound = bytes / bandwidth; goal ours/bound ≤ 3. The
              cache-line-aware variant counts every 64-byte line of the weights holding a touched entry
-             as read once and written once in each phase (128 B per line per phase), the sequential
-             arrays (indices, deltas, saved values) at their byte counts.
+             as read once and written once in each phase (128 B per line per phase: a partial write
+             reads the line first), the sequential arrays at their byte counts.
   inference  forward of --batch × --seq random token ids under torch.inference_mode, four sides rotating
              which runs first each repeat (set-up outside the timing): the bare backbone = the composed
              model reverted (`cm.revert()`: the same instance and buffer), the composed model after
@@ -287,8 +288,8 @@ def bench_switch(ctx: dict, repeats: int, copy_mb: int) -> dict:
     u = [union_of(cm, [mods["ky"], mods["task"]]), union_of(cm, [mods["ug"], mods["task"]])]
     n_u = [int(x.numel()) for x in u]
     lines = [int(torch.unique((cm.flat.data_ptr() + 4 * x) // 64).numel()) for x in u]
-    plain = (16 * n_u[0] + 24 * n_u[1] + 16 * n_u[1] + 24 * n_u[0]) / 2
-    line_aware = sum(12 * n + 128 * ln + 20 * n + 128 * ln for n, ln in zip(n_u, lines, strict=True)) / 2
+    plain = (16 * n_u[0] + 28 * n_u[1] + 16 * n_u[1] + 28 * n_u[0]) / 2
+    line_aware = sum(12 * n + 128 * ln + 24 * n + 128 * ln for n, ln in zip(n_u, lines, strict=True)) / 2
     ours_all = ours_s + ours_l
     bw.append(copy_bandwidth(copy_mb))
     bandwidth = statistics.median(bw)
