@@ -36,6 +36,18 @@ def _strip(name: str) -> str:
     return name
 
 
+def _release_freed_memory() -> None:
+    """Give memory the C allocator holds after large temporaries were freed back to the OS (glibc only)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 class ComposedModel:
     """A backbone whose weights modules are written into.
 
@@ -193,6 +205,7 @@ class ComposedModel:
         union, delta, targets, extras = plan["union"].long(), plan["delta"], plan["targets"], plan["extras"]
         slots = self._prepare_adapters(plan["adapters"])
         # -- from here on nothing can fail on a module: restore, then write
+        fresh = False
         with torch.no_grad():
             self._restore(keep_lora=set(targets))
             for name, pairs in targets.items():
@@ -209,6 +222,7 @@ class ComposedModel:
                 saved = scatter_apply(self.flat, union, delta)  # one launch on a GPU
                 plan["saved"], plan["written"] = saved, saved + delta
                 plan["union"], plan["delta"] = union.to(torch.int32), None  # int32: global indices < 2**31
+                fresh = True
             else:  # the values under these indices are the same every time: one write, no gather
                 self.flat.index_copy_(0, union, plan["written"])
             self._saved_idx, self._saved_val = union, plan["saved"]
@@ -221,6 +235,8 @@ class ComposedModel:
 
             self.model.set_active_adapters(Stack(*slots) if len(slots) > 1 else slots[0])
         self.active = plan["modules"]
+        if fresh:
+            _release_freed_memory()  # planning a set frees tens of MB of temporaries the allocator would keep
         return self
 
     def _plan(self, loaded: Sequence, density: float | None, rank: int | None) -> dict:
