@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any, TypeVar
 
 import typer
@@ -15,6 +16,31 @@ from rerank.errors import RerankError
 F = TypeVar("F", bound=Callable[..., Any])
 
 # A pipe or a file gets a fixed width of 120 columns instead of rich's 80, so tables keep their snippets.
+ARGV: list[str] = []  # the arguments of this invocation (set by main), to record how outputs were made
+
+
+def invocation() -> str:
+    """This command line, as a user would type it."""
+    import shlex
+
+    return shlex.join(["rerank", *ARGV])
+
+
+def write_provenance(path, **facts) -> None:
+    """``<path>.json`` beside an output: the command that made it, and ``facts``."""
+    import json
+    from datetime import datetime
+    from pathlib import Path
+
+    from rerank import __version__
+    from rerank.collections._io import atomic_write
+
+    record = {"command": invocation(), **facts, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    record["rerank"] = __version__
+    with atomic_write(Path(f"{path}.json"), overwrite=True) as f:
+        f.write(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+
+
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

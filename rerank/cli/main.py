@@ -8,6 +8,7 @@ import typer
 
 from rerank import __version__
 from rerank.cli import collections as collections_cli
+from rerank.cli import eval as eval_cli
 from rerank.cli import index as index_cli
 from rerank.cli import modules as modules_cli
 from rerank.cli import search as search_cli
@@ -24,6 +25,7 @@ app.command("index")(index_cli.index)
 app.command("search")(search_cli.search)
 app.add_typer(collections_cli.app, name="collections")
 app.add_typer(modules_cli.app, name="modules")
+app.add_typer(eval_cli.app, name="eval")
 
 
 def _version(value: bool) -> None:
@@ -42,6 +44,9 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Every way of failing ends in one line on stderr and a non-zero status:
     user errors and usage errors exit 2, an interrupt 130."""
+    from rerank.cli import _common
+
+    _common.ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         rv = app(args=argv, prog_name="rerank", standalone_mode=False)
     except typer.TyperException as e:  # usage errors: missing/unknown option, bad value (typer's own click)

@@ -77,6 +77,7 @@ def search(
     topic and writes a TREC run to --output, or prints it to stdout.
     """
     from rerank import languages
+    from rerank.cli._common import write_provenance
     from rerank.collections._io import check_writable_target
     from rerank.collections.topics import read_topics
     from rerank.collections.trec import format_run_lines, write_run
@@ -133,6 +134,7 @@ def search(
         tag = tag or system.replace(" ", "")
         if output is not None:
             n = write_run(flat, output, tag=tag, overwrite=overwrite)
+            write_provenance(output, system=system, tag=tag, queries=len(queries), index=str(index))
             empty = sum(1 for q in queries if not final[q.query_id])
             msg = f"wrote {n:,} lines for {len(queries)} queries to {output} ({system})"
             out.print(msg + (f"; {empty} queries found nothing" if empty else ""))

@@ -1,0 +1,144 @@
+"""``rerank eval``: score runs against qrels, test significance, write reports; run experiment grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rerank.cli._common import out, user_errors
+
+app = typer.Typer(help="Evaluate runs (ir_measures), test significance, write reports.", no_args_is_help=True)
+
+
+def _run_name(spec: str) -> tuple[str, Path]:
+    """``name=path`` or ``path`` (named by the file name without .trec/.txt/.run)."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name.strip(), Path(path)
+    p = Path(spec)
+    name = p.name
+    for ext in (".trec", ".txt", ".run", ".gz"):
+        name = name.removesuffix(ext)
+    return name, p
+
+
+def load_runs(specs: list[str]) -> tuple[dict, dict[str, str]]:
+    """Runs by name, and the command that made each (from ``<run>.json``, written by ``rerank search -o``)."""
+    import json
+
+    from rerank.collections.trec import read_run
+    from rerank.errors import RerankError
+
+    runs, commands = {}, {}
+    for spec in specs:
+        name, path = _run_name(spec)
+        if name in runs:
+            raise RerankError(f"two runs are named {name!r}", hint="name them: --run NAME=PATH")
+        runs[name] = read_run(path)
+        side = Path(f"{path}.json")
+        if side.is_file():
+            try:
+                commands[name] = str(json.loads(side.read_text(encoding="utf-8")).get("command", ""))
+            except (ValueError, AttributeError, OSError):
+                pass
+    return runs, commands
+
+
+def print_table(ev, comparisons, baseline: str | None, test: str, alpha: float) -> None:
+    from rich.table import Table
+
+    from rerank.eval.report import _legend, table_rows
+
+    rows = table_rows(ev, comparisons, test=test, alpha=alpha)
+    t = Table(show_edge=False, pad_edge=False)
+    for i, h in enumerate(rows[0]):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    best = {m: max(ev.mean(s, m) for s in ev.systems) for m in ev.measures}
+    for s, row in zip(ev.systems, rows[1:], strict=True):
+        t.add_row(row[0], *(f"[bold]{c}[/]" if ev.mean(s, m) == best[m] else c for m, c in zip(ev.measures, row[1:])))
+    out.print(t)
+    if baseline:
+        out.print(_legend(baseline, test, alpha, len(ev.queries)))
+
+
+@app.command("run")
+@user_errors
+def run(
+    qrels: Annotated[Path, typer.Option("--qrels", help="TREC qrels (qid iter docid rel).")],
+    runs: Annotated[list[str], typer.Option("--run", help="A TREC run, as PATH or NAME=PATH; repeat for more.")],
+    metrics: Annotated[
+        str, typer.Option("--metrics", help="ir_measures names, space- or comma-separated.")
+    ] = "MAP nDCG@10 nDCG@20 P@10 R@100 MRR Judged@10",
+    baseline: Annotated[str | None, typer.Option("--baseline", help="The run others are tested against.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write a report folder here.")] = None,
+    judged_only: Annotated[
+        bool, typer.Option("--judged-only", help="Drop unjudged documents first (default: they are non-relevant).")
+    ] = False,
+    test: Annotated[
+        str, typer.Option("--test", help="t (paired t-test) or perm (randomisation) for the marks.")
+    ] = "t",
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level.")] = 0.05,
+    title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+) -> None:
+    """Score runs, mark significant differences from --baseline, and write a report."""
+    from rerank.collections._io import refuse_existing
+    from rerank.collections.trec import read_qrels
+    from rerank.errors import RerankError
+    from rerank.eval.metrics import evaluate, parse_metrics
+    from rerank.eval.report import write_report
+    from rerank.eval.significance import TESTS, compare
+
+    if test not in TESTS:
+        raise RerankError(f"--test {test!r} is not a test", hint="t (paired t-test) or perm (randomisation)")
+    measures = parse_metrics(metrics)
+    if out_dir is not None:
+        refuse_existing(out_dir, overwrite)
+    q = read_qrels(qrels)
+    loaded, commands = load_runs(runs)
+    if baseline is not None and baseline not in loaded:
+        raise RerankError(f"--baseline {baseline!r} is not one of the runs", hint=f"one of: {', '.join(loaded)}")
+    ev = evaluate(q, loaded, measures, judged_only=judged_only)
+    comparisons = compare(ev, baseline) if baseline else {}
+    print_table(ev, comparisons, baseline, test, alpha)
+    if out_dir is not None:
+        notes = [f"qrels: {qrels}", "unjudged documents removed first" if judged_only else "unjudged = non-relevant"]
+        write_report(
+            ev, comparisons, out_dir, baseline=baseline, commands=commands, title=title or f"Evaluation: {qrels}",
+            test=test, alpha=alpha, notes=notes, overwrite=overwrite,
+        )  # fmt: skip
+        out.print(f"wrote {out_dir}/index.html (+ metrics.csv, per-query.csv, metrics.json, table.md, PNG plots)")
+
+
+@app.command("grid")
+@user_errors
+def grid(
+    path: Annotated[Path, typer.Argument(help="A grid file (TOML), e.g. eval/grid.toml.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Report folder (runs are cached in its runs/).")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run every system for every query language (reusing cached runs), evaluate, write one report."""
+    from rerank.eval.grid import evaluate_grid, load_grid, run_grid, write_grid_report
+
+    g = load_grid(path)
+    runs = run_grid(g, out_dir, progress=not quiet)
+    cells = evaluate_grid(g, runs)
+    write_grid_report(g, cells, out_dir)
+    out.print((out_dir / "grid.md").read_text(encoding="utf-8"))
+    out.print(f"wrote {out_dir}/index.html (+ grid.csv, grid.json, grid.md, cells/, runs/)")
+
+
+@app.command("check")
+@user_errors
+def check(
+    page: Annotated[Path, typer.Argument(help="A report's index.html.")],
+    screenshot: Annotated[Path | None, typer.Option("--screenshot", help="Save the rendered page as PNG.")] = None,
+) -> None:
+    """Render a report in headless Chromium and check it shows tables and plots."""
+    import json
+
+    from rerank.eval.browser import check_page
+
+    out.print(json.dumps(check_page(page, screenshot), indent=1))
