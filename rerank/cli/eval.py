@@ -142,3 +142,43 @@ def check(
     from rerank.eval.browser import check_page
 
     out.print(json.dumps(check_page(page, screenshot), indent=1))
+
+
+@app.command("collection")
+@user_errors
+def collection(
+    kind: Annotated[str, typer.Argument(help="clef2003 or hc4.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for docs/topics/qrels/grid.toml.")],
+    root: Annotated[Path | None, typer.Option("--root", help="Where the collection was unpacked.")] = None,
+    doc_lang: Annotated[str | None, typer.Option("--doc-lang", help="Document language.")] = None,
+    topic_lang: Annotated[str | None, typer.Option("--topic-lang", help="Topic language.")] = None,
+    lang: Annotated[
+        str | None, typer.Option("--lang", help="HC4: the document language (topics: --topic-lang, default en).")
+    ] = None,  # fmt: skip
+    docs: Annotated[list[Path] | None, typer.Option("--docs", help="Document files or folders.")] = None,
+    topics: Annotated[Path | None, typer.Option("--topics", help="The topics file.")] = None,
+    qrels: Annotated[Path | None, typer.Option("--qrels", help="The qrels file.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="An ir_datasets id (needs its data local).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+) -> None:
+    """Turn a user-supplied CLEF-2003 or HC4 collection into files the grid runs on (nothing is downloaded)."""
+    from rerank.errors import RerankError
+    from rerank.eval.collections import prepare
+
+    doc = doc_lang or lang
+    if doc is None:
+        raise RerankError("which document language?", hint="--doc-lang de (CLEF) or --lang fa (HC4)")
+    query = topic_lang or ("en" if kind == "hc4" else None)
+    if query is None:
+        raise RerankError("which topic language?", hint="--topic-lang ky")
+    facts = prepare(kind, out_dir, root=root, doc_lang=doc, topic_lang=query, docs=docs, topics=topics,
+                    qrels=qrels, dataset=dataset, overwrite=overwrite)  # fmt: skip
+    out.print(
+        f"wrote {out_dir}: {facts['documents']:,} documents, {facts['topics']} topics "
+        f"({facts['topics_with_relevant']} with a relevant document), {facts['qrels']:,} judgements"
+    )
+    if facts["read_as_latin1"]:
+        out.print(f"note: {facts['read_as_latin1']} document files are not UTF-8 and were read as ISO-8859-1 (CLEF's)")
+    if facts["judged_documents_not_in_collection"]:
+        out.print(f"note: {facts['judged_documents_not_in_collection']:,} judged documents are not in --docs")
+    out.print(f"next: rerank eval grid {out_dir}/grid.toml --out reports/{kind}")

@@ -35,8 +35,9 @@ def open_text(path: str | os.PathLike, what: str = "file") -> IO[str]:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
 
 
-def numbered_lines(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line_without_newline)``; a non-UTF-8 byte is reported with its line.
+def numbered_lines(path: str | os.PathLike, what: str = "file", encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line_without_newline)``; a byte not valid in ``encoding`` (UTF-8 unless a
+    legacy collection says otherwise, e.g. CLEF's ISO-8859-1) is reported with its line.
 
     Lines are decoded one at a time (not in blocks) so that the line number of a bad byte is exact.
     """
@@ -46,10 +47,11 @@ def numbered_lines(path: str | os.PathLike, what: str = "file") -> Iterator[tupl
         with gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb") as f:
             for lineno, raw in enumerate(f, start=1):  # noqa: B007
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode(encoding)
                 except UnicodeDecodeError as e:
                     raise RerankError(
-                        f"{p}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line)",
+                        f"{p}:{lineno}: not valid {'UTF-8' if encoding == 'utf-8' else encoding} "
+                        f"(byte {e.start + 1} of the line)",
                         hint="re-encode the file as UTF-8",
                     ) from None
                 if lineno == 1:

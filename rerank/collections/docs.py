@@ -105,16 +105,17 @@ def _sgml_record(lines: list[str], start: int, path: Path) -> Document:
     return Document(doc_id, "\n".join(fields(SGML_TEXT_TAGS)), " ".join(fields(SGML_TITLE_TAGS)))
 
 
-def read_sgml_docs(path: str | os.PathLike) -> Iterator[Document]:
-    """Stream documents from a TREC/CLEF SGML file (several ``<DOC>`` records; ``.gz`` ok)."""
-    return _iter_sgml(check_readable(path, "documents file"))
+def read_sgml_docs(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[Document]:
+    """Stream documents from a TREC/CLEF SGML file (several ``<DOC>`` records; ``.gz`` ok). CLEF's
+    collections are ISO-8859-1: pass ``encoding="latin-1"`` for them."""
+    return _iter_sgml(check_readable(path, "documents file"), encoding)
 
 
-def _iter_sgml(p: Path) -> Iterator[Document]:
+def _iter_sgml(p: Path, encoding: str = "utf-8") -> Iterator[Document]:
     buf: list[str] | None = None
     start = 0
     seen: set[str] = set()
-    for lineno, line in numbered_lines(p, "documents file"):
+    for lineno, line in numbered_lines(p, "documents file", encoding):
         stripped = line.strip()
         opens = re.match(r"<DOC>", stripped, flags=re.I) is not None
         if buf is None:
@@ -137,15 +138,16 @@ def _iter_sgml(p: Path) -> Iterator[Document]:
         raise at_line(p, start, "<DOC> never closed before the end of the file", "</DOC>")
 
 
-def read_docs(path: str | os.PathLike) -> Iterator[Document]:
-    """Read a collection in whichever supported format ``path`` holds (decided by name, then content)."""
+def read_docs(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[Document]:
+    """Read a collection in whichever supported format ``path`` holds (decided by name, then content).
+    ``encoding`` applies to SGML (JSON is UTF-8)."""
     p = check_readable(path, "documents file")
     name = p.name.lower().removesuffix(".gz")
     if name.endswith((".jsonl", ".json", ".ndjson")):
         return read_jsonl_docs(p)
     if name.endswith((".sgml", ".sgm", ".xml", ".trec")):
-        return read_sgml_docs(p)
-    for _, line in numbered_lines(p, "documents file"):
+        return read_sgml_docs(p, encoding)
+    for _, line in numbered_lines(p, "documents file", encoding):
         if line.strip():
             first = line.strip()
             break
@@ -154,7 +156,7 @@ def read_docs(path: str | os.PathLike) -> Iterator[Document]:
     if first.startswith("{"):
         return read_jsonl_docs(p)
     if first.upper().startswith("<DOC"):
-        return read_sgml_docs(p)
+        return read_sgml_docs(p, encoding)
     raise RerankError(
         f"cannot tell the format of {p}: it starts with {first[:30]!r}",
         hint="use JSONL (one JSON object a line) or TREC/CLEF SGML (<DOC><DOCNO>…)",
