@@ -135,5 +135,9 @@ def test_cli_eval_run(udhr_dir, tmp_path, capsys):
     assert "better" in out and "†" in out and "wrote" in out and (tmp_path / "rep" / "index.html").is_file()
     code, _, err = run(*common, "--baseline", "nope")
     assert code == 2 and "--baseline 'nope' is not one of the runs" in err
+    dup = tmp_path / "dup.trec"
+    dup.write_text((tmp_path / "base.trec").read_text().splitlines()[0] + "\n" + (tmp_path / "base.trec").read_text())
+    code, _, err = run("eval", "run", "--qrels", udhr_dir / "qrels.en.txt", "--run", dup)
+    assert code == 2 and "dup.trec:2: document" in err and "appears twice" in err
     code, _, err = run(*common, "--metrics", "MAP nDGC@10")
     assert code == 2 and "did you mean nDCG@10" in err and "Traceback" not in err
