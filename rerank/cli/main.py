@@ -12,6 +12,7 @@ from rerank.cli import eval as eval_cli
 from rerank.cli import index as index_cli
 from rerank.cli import modules as modules_cli
 from rerank.cli import search as search_cli
+from rerank.cli import train as train_cli
 
 app = typer.Typer(
     name="rerank",
@@ -26,6 +27,7 @@ app.command("search")(search_cli.search)
 app.add_typer(collections_cli.app, name="collections")
 app.add_typer(modules_cli.app, name="modules")
 app.add_typer(eval_cli.app, name="eval")
+app.add_typer(train_cli.app, name="train")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,196 @@
+"""The training loop every trainer uses: AdamW with linear warm-up and decay, gradient accumulation,
+``max_steps`` and a wall-clock budget, a dev evaluation every ``eval_every`` steps with early stopping,
+a progress bar with loss and tokens/s, and checkpoints (safetensors) to resume from.
+
+A checkpoint holds the trainable tensors and the optimizer's state under ``<dir>/checkpoint/``; the
+data order is a function of (seed, step), so a resumed run continues with the batch it would have
+seen next.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rerank.errors import RerankError
+
+
+@dataclass
+class LoopConfig:
+    max_steps: int = 1000
+    lr: float = 1e-4
+    warmup: float = 0.06  # fraction of max_steps
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    time_budget: float | None = None  # seconds
+    eval_every: int = 100
+    patience: int | None = 3  # evaluations without improvement before stopping
+    checkpoint_every: int = 200
+    clip: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class LoopLog:
+    steps: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+    stopped: str = ""
+    train_loss: list = field(default_factory=list)  # (step, mean loss since the last entry)
+    dev: list = field(default_factory=list)  # (step, dev metric)
+    best_dev: float | None = None
+    resumed_from: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def train(
+    params: dict[str, torch.nn.Parameter],
+    step_loss: Callable[[int], tuple[torch.Tensor, int]],
+    cfg: LoopConfig,
+    *,
+    dev: Callable[[], float] | None = None,
+    checkpoint_dir: Path | None = None,
+    desc: str = "training",
+    progress: bool = True,
+) -> LoopLog:
+    """Train ``params`` (name → parameter) on ``step_loss(micro_step) -> (loss, tokens)``. ``dev()`` is
+    lower-is-better; the best dev state is kept and restored at the end."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    names = sorted(params)
+    plist = [params[n] for n in names]
+    opt = torch.optim.AdamW(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.max_steps * cfg.warmup))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    log = LoopLog()
+    start_step = 0
+    if checkpoint_dir is not None and (checkpoint_dir / "checkpoint" / "state.json").is_file():
+        start_step = _load_checkpoint(checkpoint_dir / "checkpoint", names, plist, opt, sched, log)
+        log.resumed_from = start_step
+    best = {n: p.detach().clone() for n, p in zip(names, plist, strict=True)} if dev else None
+    bad_evals = 0
+    started = time.perf_counter() - log.seconds
+    window: list[float] = []
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=desc, unit="step", disable=not progress)
+    step = start_step
+    try:
+        while step < cfg.max_steps:
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                loss, tokens = step_loss(step * cfg.grad_accum + micro)
+                if not torch.isfinite(loss):
+                    raise RerankError(f"the loss became {float(loss)} at step {step}", hint="lower --lr")
+                (loss / cfg.grad_accum).backward()
+                total += float(loss.detach()) / cfg.grad_accum
+                log.tokens += tokens
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(plist, cfg.clip)
+            opt.step()
+            sched.step()
+            step += 1
+            window.append(total)
+            log.seconds = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{log.tokens / max(log.seconds, 1e-9):.0f}")
+            if step % 10 == 0 or step == cfg.max_steps:
+                log.train_loss.append((step, sum(window) / len(window)))
+                window = []
+            if dev is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                value = float(dev())
+                log.dev.append((step, value))
+                if log.best_dev is None or value < log.best_dev:
+                    log.best_dev, bad_evals = value, 0
+                    best = {n: p.detach().clone() for n, p in zip(names, plist, strict=True)}
+                else:
+                    bad_evals += 1
+                    if cfg.patience is not None and bad_evals >= cfg.patience:
+                        log.stopped = f"early stop at step {step}: dev did not improve for {bad_evals} evaluations"
+                        break
+            if checkpoint_dir is not None and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                log.steps = step
+                _save_checkpoint(checkpoint_dir / "checkpoint", names, plist, opt, sched, log, step)
+            if cfg.time_budget is not None and log.seconds >= cfg.time_budget:
+                log.stopped = f"time budget of {cfg.time_budget:.0f} s reached at step {step}"
+                break
+    finally:
+        bar.close()
+    log.steps = step
+    log.stopped = log.stopped or f"max steps ({cfg.max_steps})"
+    if best is not None and log.dev:
+        with torch.no_grad():
+            for n, p in zip(names, plist, strict=True):
+                p.copy_(best[n])
+    return log
+
+
+def _save_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog, step: int) -> None:
+    from safetensors.torch import save_file
+
+    from rerank.collections._io import atomic_dir
+
+    tensors = {f"param.{n}": p.detach().contiguous() for n, p in zip(names, plist, strict=True)}
+    for i, n in enumerate(names):
+        st = opt.state.get(plist[i], {})
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{n}.{k}"] = v.detach().reshape(v.shape).contiguous()
+    with atomic_dir(folder, overwrite=True) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        state = {"step": step, "sched": sched.state_dict(), "log": log.as_dict()}
+        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+
+
+def _load_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog) -> int:
+    from safetensors.torch import load_file
+
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(folder / "state.safetensors"))
+    missing = [n for n in names if f"param.{n}" not in tensors]
+    if missing:
+        raise RerankError(
+            f"the checkpoint in {folder} is for other parameters ({missing[0]} missing)",
+            hint="delete it to start over, or resume with the same settings",
+        )
+    with torch.no_grad():
+        for n, p in zip(names, plist, strict=True):
+            p.copy_(tensors[f"param.{n}"])
+            st = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{n}.")}
+            if st:
+                opt.state[p] = {k: (v if k != "step" else v.clone()) for k, v in st.items()}
+    sched.load_state_dict(state["sched"])
+    for group, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
+        group["lr"] = lr  # the scheduler's state does not carry the optimizer's current rate
+    for k, v in state["log"].items():
+        setattr(log, k, v)
+    return int(state["step"])
+
+
+def parse_budget(text: str | None) -> float | None:
+    """``90``, ``90s``, ``25m``, ``1.5h`` → seconds."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    unit = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
+    try:
+        value = float(t[:-1]) * unit if unit else float(t)
+    except ValueError:
+        value = -1
+    if not value > 0 or math.isinf(value):
+        raise RerankError(f"time budget {text!r} is not a duration", hint="e.g. 25m, 90s or 1.5h")
+    return value

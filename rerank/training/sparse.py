@@ -1,0 +1,111 @@
+"""Sparse training: a fixed set of trainable entries per weight, the rest frozen.
+
+Each target weight gets a :class:`SparseDelta` parametrization: the weight seen by the forward pass is
+``W + scatter(idx, delta)``, where only ``delta`` (one value per chosen entry) is a parameter. The
+optimizer therefore holds state for the chosen entries only — frozen entries cost nothing beyond the
+forward pass. SHiRA chooses the entries before training (random, weight magnitude, or gradient
+magnitude); LT-SFT chooses them after a phase of full fine-tuning (the entries that moved most).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+MASKS = ("random", "magnitude", "gradient")
+
+
+class SparseDelta(nn.Module):
+    def __init__(self, idx: torch.Tensor):
+        super().__init__()
+        self.register_buffer("idx", idx.to(torch.long))
+        self.delta = nn.Parameter(torch.zeros(idx.numel()))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(-1).index_add(0, self.idx, self.delta.to(w.dtype)).view_as(w)
+
+
+def target_weights(model, embeddings_rows: torch.Tensor | None = None) -> dict[str, tuple[nn.Module, str]]:
+    """The weights a module adapts, by normalised name → (owning module, attribute): every linear weight
+    of the encoder, and the word embeddings when ``embeddings_rows`` (the language's pieces) is given."""
+    from rerank.backbone.fingerprints import encoder_name
+
+    out = {}
+    for full, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            name = encoder_name(f"{full}.weight")
+            if name is not None and name.startswith("encoder."):
+                out[name] = (mod, "weight")
+        elif isinstance(mod, nn.Embedding) and embeddings_rows is not None and full.endswith("word_embeddings"):
+            out[encoder_name(f"{full}.weight")] = (mod, "weight")
+    return out
+
+
+def candidates(name: str, weight: torch.Tensor, embeddings_rows: torch.Tensor | None) -> torch.Tensor | None:
+    """Flat indices that may be chosen (all, or the language's embedding rows); None = all."""
+    if name.endswith("word_embeddings.weight") and embeddings_rows is not None:
+        cols = weight.shape[1]
+        return (embeddings_rows.to(torch.long)[:, None] * cols + torch.arange(cols)[None, :]).reshape(-1)
+    return None
+
+
+def choose(scores: dict[str, torch.Tensor], density: float, cands: dict[str, torch.Tensor | None], *,
+           per_tensor: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Indices with the highest ``scores`` (None: random): ``density`` of each tensor's candidates
+    (``per_tensor``), or of all candidates together (LT-SFT's global top-k)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    if per_tensor:
+        for name, s in scores.items():
+            c = cands[name]
+            pool = s.reshape(-1) if c is None else s.reshape(-1)[c]
+            k = max(1, math.ceil(pool.numel() * density))
+            if bool((pool == 0).all()):  # no scores (a random mask)
+                pick = torch.randperm(pool.numel(), generator=g)[:k]
+            else:
+                pick = torch.topk(pool.abs(), k).indices
+            out[name] = pick if c is None else c[pick]
+        return out
+    pools = {n: (s.reshape(-1) if cands[n] is None else s.reshape(-1)[cands[n]]).abs() for n, s in scores.items()}
+    total = sum(p.numel() for p in pools.values())
+    k = max(1, math.ceil(total * density))
+    flat = torch.cat(list(pools.values()))
+    threshold = torch.topk(flat, k).values.min()
+    for n, p in pools.items():
+        pick = torch.nonzero(p >= threshold).flatten()
+        out[n] = pick if cands[n] is None else cands[n][pick]
+    return out
+
+
+def attach(targets: dict, chosen: dict[str, torch.Tensor]) -> dict[str, SparseDelta]:
+    """Parametrize each target with its chosen entries; returns the deltas (their ``delta`` trains)."""
+    deltas = {}
+    for name, idx in chosen.items():
+        mod, attr = targets[name]
+        getattr(mod, attr).requires_grad_(False)
+        d = SparseDelta(idx)
+        parametrize.register_parametrization(mod, attr, d, unsafe=True)
+        deltas[name] = d
+    return deltas
+
+
+def detach(targets: dict, deltas: dict) -> None:
+    """Remove the parametrizations, leaving the base weights as they were (the deltas are not merged)."""
+    for name in deltas:
+        mod, attr = targets[name]
+        parametrize.remove_parametrizations(mod, attr, leave_parametrized=False)
+
+
+def entries(deltas: dict[str, SparseDelta]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The module's entries: per weight, indices (int32) and values, most important (largest) first;
+    entries that stayed exactly zero are dropped."""
+    out = {}
+    for name, d in deltas.items():
+        val = d.delta.detach().float()
+        order = torch.argsort(val.abs(), descending=True, stable=True)
+        keep = val[order] != 0
+        out[name] = (d.idx[order][keep].to(torch.int32), val[order][keep].clone())
+    return out
