@@ -154,7 +154,7 @@ def train_language_module(
         "vocab": int(vocab.numel()), "embeddings": cfg.embeddings, "dev_loss_before": round(dev_before, 4),
     }  # fmt: skip
     if cfg.kind in ("shira", "sft"):
-        module, log = _train_sparse(cfg, encoder, vocab, loop, step_loss, dev, work, progress, code, recipe)
+        module, log = _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progress, code, recipe)
         module.config = ModuleConfig(kind=cfg.kind, density=cfg.density, **common, shapes=module.config.shapes)
     elif cfg.kind == "lora":
         module, log = _train_lora(cfg, encoder, loop, step_loss, dev, work, progress, code)
@@ -184,7 +184,7 @@ def train_language_module(
     return module
 
 
-def _train_sparse(cfg, encoder, vocab, loop, step_loss, dev, work, progress, code, recipe):
+def _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progress, code, recipe):
     from rerank.modules.format import Module, ModuleConfig
     from rerank.training import sparse
 
@@ -232,7 +232,8 @@ def _train_sparse(cfg, encoder, vocab, loop, step_loss, dev, work, progress, cod
         if loop.time_budget is not None:
             loop.time_budget = max(1.0, loop.time_budget - log1.seconds)
         extra = None
-    deltas = sparse.attach(targets, chosen)
+    deltas = sparse.attach(targets, chosen, rows)
+    head.row_delta = next((d for d in deltas.values() if isinstance(d, sparse.RowsDelta)), None)
     if cfg.kind == "sft" and cfg.l1 > 0:
 
         def extra():  # noqa: E306 - L1 pull of the deltas towards the base
@@ -243,6 +244,7 @@ def _train_sparse(cfg, encoder, vocab, loop, step_loss, dev, work, progress, cod
                 desc=f"{code} {cfg.kind}", progress=progress)  # fmt: skip
     entries = sparse.entries(deltas)
     sparse.detach(targets, deltas)
+    head.row_delta = None
     shapes = {n: list(weights[n].shape) for n in entries}
     cfg_ = ModuleConfig(kind=cfg.kind, role="language", language=code, base_model="", base_fingerprint="",
                         shapes=shapes)  # fmt: skip

@@ -31,10 +31,13 @@ class MLMHead(nn.Module):
         self.embeddings = [embeddings]  # not a submodule: its weights belong to the backbone
         self.register_buffer("vocab", vocab.to(torch.long), persistent=False)
         self.bias = nn.Parameter(torch.zeros(vocab.numel()))
+        self.row_delta = None  # a RowsDelta on the embeddings being trained: the tied decoder sees it too
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         h = self.norm(nn.functional.gelu(self.dense(hidden_states)))
         decoder = self.embeddings[0].weight.index_select(0, self.vocab)
+        if self.row_delta is not None:
+            decoder = decoder + self.row_delta.for_ids(self.vocab)
         return h @ decoder.T + self.bias
 
 

@@ -28,6 +28,39 @@ class SparseDelta(nn.Module):
         return w.reshape(-1).index_add(0, self.idx, self.delta.to(w.dtype)).view_as(w)
 
 
+class RowsDelta(nn.Module):
+    """A sparse delta on some rows of an embedding matrix that never materialises the matrix: a forward
+    hook adds the delta's rows to the looked-up embeddings, and an MLM head tied to the embeddings adds
+    :meth:`for_ids` to its decoder rows. ``idx`` are flat indices into the full matrix."""
+
+    def __init__(self, idx: torch.Tensor, rows: torch.Tensor, shape: tuple[int, int]):
+        super().__init__()
+        n, cols = shape
+        rows = torch.unique(rows.to(torch.long))
+        idx = idx.to(torch.long)
+        local_row = torch.searchsorted(rows, idx // cols)
+        if bool((rows[local_row.clamp(max=rows.numel() - 1)] != idx // cols).any()):
+            raise ValueError("an index outside the given rows")
+        self.register_buffer("idx", idx)
+        self.register_buffer("local", local_row * cols + idx % cols)
+        to_local = torch.full((n,), rows.numel(), dtype=torch.long)
+        to_local[rows] = torch.arange(rows.numel())
+        self.register_buffer("to_local", to_local)
+        self.rows, self.cols = rows.numel(), cols
+        self.delta = nn.Parameter(torch.zeros(idx.numel()))
+
+    def table(self) -> torch.Tensor:
+        """(rows + 1) × cols: the delta rows, and a zero row for every other id."""
+        flat = torch.zeros((self.rows + 1) * self.cols, dtype=self.delta.dtype, device=self.delta.device)
+        return flat.index_add(0, self.local, self.delta).view(self.rows + 1, self.cols)
+
+    def for_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(self.to_local[ids], self.table())
+
+    def hook(self, module, args, output):
+        return output + self.for_ids(args[0]).to(output.dtype)
+
+
 def target_weights(model, embeddings_rows: torch.Tensor | None = None) -> dict[str, tuple[nn.Module, str]]:
     """The weights a module adapts, by normalised name → (owning module, attribute): every linear weight
     of the encoder, and the word embeddings when ``embeddings_rows`` (the language's pieces) is given."""
@@ -80,23 +113,32 @@ def choose(scores: dict[str, torch.Tensor], density: float, cands: dict[str, tor
     return out
 
 
-def attach(targets: dict, chosen: dict[str, torch.Tensor]) -> dict[str, SparseDelta]:
-    """Parametrize each target with its chosen entries; returns the deltas (their ``delta`` trains)."""
+def attach(targets: dict, chosen: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> dict:
+    """Make each target's chosen entries trainable; returns the deltas (their ``delta`` trains). The
+    word embeddings get a :class:`RowsDelta` over ``rows`` (hooked, not parametrized) when given."""
     deltas = {}
     for name, idx in chosen.items():
         mod, attr = targets[name]
-        getattr(mod, attr).requires_grad_(False)
-        d = SparseDelta(idx)
-        parametrize.register_parametrization(mod, attr, d, unsafe=True)
+        w = getattr(mod, attr)
+        w.requires_grad_(False)
+        if rows is not None and isinstance(mod, nn.Embedding):
+            d = RowsDelta(idx, rows, tuple(w.shape))
+            d.handle = mod.register_forward_hook(d.hook)
+        else:
+            d = SparseDelta(idx)
+            parametrize.register_parametrization(mod, attr, d, unsafe=True)
         deltas[name] = d
     return deltas
 
 
 def detach(targets: dict, deltas: dict) -> None:
-    """Remove the parametrizations, leaving the base weights as they were (the deltas are not merged)."""
-    for name in deltas:
+    """Remove the parametrizations and hooks, leaving the base weights as they were (nothing merged)."""
+    for name, d in deltas.items():
         mod, attr = targets[name]
-        parametrize.remove_parametrizations(mod, attr, leave_parametrized=False)
+        if isinstance(d, RowsDelta):
+            d.handle.remove()
+        else:
+            parametrize.remove_parametrizations(mod, attr, leave_parametrized=False)
 
 
 def entries(deltas: dict[str, SparseDelta]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -148,3 +148,30 @@ def test_bad_input(ky_text, tiny_bert, tmp_path, capsys):
     code, _, err = run("train", "lang", "--lang", "ky", "--text", ky_text, "--out", tmp_path / "big",
                        "--batch-size", "512", "--seq-len", "512", "--model", tiny_bert)  # fmt: skip
     assert code == 2 and "would not fit in memory" in err and "--grad-accum" in err
+
+
+def test_embedding_rows_delta_equals_the_parametrized_matrix(tiny_bert):
+    """The hooked row delta (no full matrix) gives the same embeddings and decoder rows as writing the
+    delta into the matrix."""
+    from rerank.scoring.runtime import load_weights
+    from rerank.training import sparse
+    from rerank.training.mlm import MLMHead
+
+    enc = load_weights(tiny_bert, head=False, device=torch.device("cpu"))
+    emb = enc.embeddings.word_embeddings
+    rows = torch.tensor([5, 17, 400, 9000])
+    cands = sparse.candidates("embeddings.word_embeddings.weight", emb.weight, rows)
+    idx = cands[torch.randperm(cands.numel(), generator=torch.Generator().manual_seed(0))[:40]]
+    targets = {"embeddings.word_embeddings.weight": (emb, "weight")}
+    d = sparse.attach(targets, {"embeddings.word_embeddings.weight": idx}, rows)["embeddings.word_embeddings.weight"]
+    with torch.no_grad():
+        d.delta.copy_(torch.randn(40))
+    head = MLMHead(32, emb, rows)
+    head.row_delta = d
+    ids = torch.tensor([[5, 17, 3, 400, 9000, 12]])
+    hooked = emb(ids).detach()
+    dec = (head.embeddings[0].weight.index_select(0, rows) + d.for_ids(rows)).detach()
+    full = emb.weight.detach().clone().reshape(-1).index_add(0, idx, d.delta.detach()).view_as(emb.weight)
+    assert torch.allclose(hooked, full[ids], atol=0) and torch.allclose(dec, full[rows], atol=0)
+    sparse.detach(targets, {"embeddings.word_embeddings.weight": d})
+    assert torch.equal(emb(ids), emb.weight[ids])
