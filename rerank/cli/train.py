@@ -73,3 +73,90 @@ def lang(
         f"{module_size(out_dir):,} bytes; dev MLM loss {r['dev_loss_before']} → {r['dev_loss_best']} "
         f"in {r['steps']} steps, {r['seconds']} s ({r['stopped']})"
     )
+
+
+@app.command("pairs")
+@user_errors
+def pairs(
+    docs: Annotated[Path, typer.Option("--docs", help="A document collection (JSONL or SGML).")],
+    out_file: Annotated[Path, typer.Option("--out", help="The training file to write (JSONL).")],
+    language: Annotated[str, typer.Option("--lang", help="The documents' language.")] = "en",
+    method: Annotated[
+        str, typer.Option("--method", help="ict (a sentence → its passage) | title (title → body).")
+    ] = "ict",
+    negatives: Annotated[int, typer.Option("--negatives", min=1, help="BM25 hard negatives per query.")] = 7,
+    max_queries: Annotated[int | None, typer.Option("--max-queries", min=1, help="Stop after this many.")] = None,
+    teacher: Annotated[bool, typer.Option("--teacher", help="Add bi-encoder scores (for --loss margin-mse).")] = False,
+    index: Annotated[
+        Path | None, typer.Option("--index", help="A BM25 index of --docs (else built on the fly).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of sentence choice and order.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Synthetic relevance data from a collection: pseudo-queries, positives, BM25 hard negatives."""
+    from rerank.training.pairs import make_pairs
+
+    facts = make_pairs(docs, out_file, lang=language, method=method, negatives=negatives, max_queries=max_queries,
+                       teacher=teacher, seed=seed, index=index, overwrite=overwrite, progress=not quiet)  # fmt: skip
+    out.print(
+        f"wrote {out_file}: {facts['queries']:,} training queries ({method}) from {facts['documents']:,} documents, "
+        f"{negatives} BM25 negatives each (how: {out_file}.json)"
+    )
+
+
+@app.command("task")
+@user_errors
+def task(
+    pairs_file: Annotated[
+        Path, typer.Option("--pairs", help="Training queries (rerank train pairs, or TSV triples).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="The module folder to write.")],
+    source_lang: Annotated[str, typer.Option("--source-lang", help="The training data's language.")] = "en",
+    lang_module: Annotated[
+        Path | None, typer.Option("--lang-module", help="The source language's module, applied and frozen.")
+    ] = None,
+    kind: Annotated[str, typer.Option("--kind", help="sft | shira | lora | adapter.")] = "shira",
+    loss: Annotated[str, typer.Option("--loss", help="pointwise | pairwise | listwise | margin-mse.")] = "listwise",
+    density: Annotated[str, typer.Option("--density", help="sft/shira: share of entries trained.")] = "2%",
+    rank: Annotated[int, typer.Option("--rank", min=1, help="lora: rank.")] = 8,
+    reduction: Annotated[int, typer.Option("--reduction", min=1, help="adapter: bottleneck reduction.")] = 16,
+    mask: Annotated[str, typer.Option("--mask", help="shira: random | magnitude | gradient.")] = "gradient",
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Optimizer steps.")] = 500,
+    batch_queries: Annotated[int, typer.Option("--batch-queries", min=1, help="Queries per step.")] = 4,
+    negatives: Annotated[int, typer.Option("--negatives", min=1, help="Negatives per query.")] = 7,
+    max_length: Annotated[int, typer.Option("--max-length", min=16, max=512, help="Tokens per pair.")] = 256,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Learning rate [default: per kind].")] = None,
+    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Stop after this long, e.g. 25m.")] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", min=1, help="Dev evaluation interval.")] = 50,
+    seed: Annotated[int, typer.Option("--seed", help="Seed.")] = 0,
+    model: Annotated[Path | None, typer.Option("--model", help="Backbone [default: embedded e5-small].")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a ranking task module (with its cross-encoder head) on top of a frozen language module."""
+    from rerank.modules.format import module_size, parse_density
+    from rerank.training.loop import parse_budget
+    from rerank.training.task import TaskConfig, train_task_module
+
+    if batch_queries * (1 + negatives) * max_length > 64 * 512:
+        from rerank.errors import RerankError
+
+        raise RerankError(
+            f"{batch_queries} queries × {1 + negatives} documents × {max_length} tokens per step would not fit here",
+            hint="fewer --batch-queries or --negatives, or a shorter --max-length",
+        )
+    if lang_module is None:
+        from rerank.errors import warn
+
+        warn("no --lang-module: the task module learns on the bare backbone (the paper stacks it on one)")
+    cfg = TaskConfig(kind=kind, loss=loss, density=parse_density(density), rank=rank, reduction=reduction, mask=mask,
+                     max_steps=max_steps, batch_queries=batch_queries, negatives=negatives, max_length=max_length,
+                     lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed)  # fmt: skip
+    m = train_task_module(pairs_file, out_dir, cfg, source_lang=source_lang, lang_module=lang_module, model=model,
+                          overwrite=overwrite, progress=not quiet)  # fmt: skip
+    r = m.config.recipe
+    out.print(
+        f"wrote {out_dir}: {kind} task module ({loss}), {len(m):,} numbers + head, {module_size(out_dir):,} bytes; "
+        f"dev MRR {r['dev_mrr_before']} → {r['dev_mrr_best']} in {r['steps']} steps, {r['seconds']} s"
+    )

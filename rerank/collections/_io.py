@@ -77,8 +77,9 @@ def json_lines(path: str | os.PathLike, what: str, expected: str) -> Iterator[tu
             ) from None
 
 
-def refuse_existing(path: Path, overwrite: bool) -> None:
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
     """The one rule for every output: an existing file or folder is replaced only with ``overwrite``."""
+    path = Path(path)
     if path.exists() and not overwrite:
         raise RerankError(f"output already exists: {path}", hint="choose another path or pass --overwrite")
 

@@ -390,3 +390,13 @@ class ComposedModel:
                     f"({seen[key]} and {m.name}); they are summed"
                 )
             seen[key] = m.name
+        has_lang = any(m.config.role == "language" for m in modules)
+        for m in modules:
+            recipe = m.config.recipe or {}
+            if m.config.role == "task" and has_lang and "language_module" in recipe and not recipe["language_module"]:
+                from rerank.errors import warn
+
+                warn(
+                    f"task module {m.name} was trained without a language module; stacking it with one is not "
+                    "the setting it learned in"
+                )

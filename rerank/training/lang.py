@@ -184,7 +184,7 @@ def train_language_module(
     return module
 
 
-def _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progress, code, recipe):
+def _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progress, code, recipe, extra_params=None):
     from rerank.modules.format import Module, ModuleConfig
     from rerank.training import sparse
 
@@ -218,7 +218,8 @@ def _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progres
             w.requires_grad_(True)
         phase1 = LoopConfig(**{**vars(loop), "max_steps": max(1, loop.max_steps // 2), "patience": None})
         phase1.time_budget = None if loop.time_budget is None else loop.time_budget / 2
-        log1 = train(dict(weights), step_loss, phase1, dev=None, checkpoint_dir=work / "phase1",
+        trainable = dict(weights) | dict(extra_params or {})
+        log1 = train(trainable, step_loss, phase1, dev=None, checkpoint_dir=work / "phase1",
                      desc=f"{code} LT-SFT phase 1", progress=progress)  # fmt: skip
         with torch.no_grad():
             moved = {n: (w.detach() - base[n]) for n, w in weights.items()}
@@ -233,25 +234,27 @@ def _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progres
             loop.time_budget = max(1.0, loop.time_budget - log1.seconds)
         extra = None
     deltas = sparse.attach(targets, chosen, rows)
-    head.row_delta = next((d for d in deltas.values() if isinstance(d, sparse.RowsDelta)), None)
+    if head is not None:
+        head.row_delta = next((d for d in deltas.values() if isinstance(d, sparse.RowsDelta)), None)
     if cfg.kind == "sft" and cfg.l1 > 0:
 
         def extra():  # noqa: E306 - L1 pull of the deltas towards the base
             return cfg.l1 * sum(d.delta.abs().sum() for d in deltas.values())
 
-    params = {n: d.delta for n, d in deltas.items()}
+    params = {n: d.delta for n, d in deltas.items()} | dict(extra_params or {})
     log = train(params, lambda i: step_loss(i, extra), loop, dev=dev, checkpoint_dir=work / "sparse",
                 desc=f"{code} {cfg.kind}", progress=progress)  # fmt: skip
     entries = sparse.entries(deltas)
     sparse.detach(targets, deltas)
-    head.row_delta = None
+    if head is not None:
+        head.row_delta = None
     shapes = {n: list(weights[n].shape) for n in entries}
     cfg_ = ModuleConfig(kind=cfg.kind, role="language", language=code, base_model="", base_fingerprint="",
                         shapes=shapes)  # fmt: skip
     return Module(cfg_, entries), log
 
 
-def _train_lora(cfg, encoder, loop, step_loss, dev, work, progress, code):
+def _train_lora(cfg, encoder, loop, step_loss, dev, work, progress, code, extra_params=None):
     from peft import LoraConfig, get_peft_model
 
     from rerank.backbone.fingerprints import encoder_name
@@ -262,7 +265,10 @@ def _train_lora(cfg, encoder, loop, step_loss, dev, work, progress, code):
     alpha = 2 * cfg.rank
     peft_model = get_peft_model(encoder, LoraConfig(r=cfg.rank, lora_alpha=alpha, target_modules=names,
                                                     lora_dropout=0.0, init_lora_weights=True))  # fmt: skip
-    params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n}
+    for p in (extra_params or {}).values():
+        p.requires_grad_(True)
+    params |= dict(extra_params or {})
     log = train(params, step_loss, loop, dev=dev, checkpoint_dir=work / "lora", desc=f"{code} lora",
                 progress=progress)  # fmt: skip
     pairs, shapes = {}, {}
@@ -280,17 +286,28 @@ def _train_lora(cfg, encoder, loop, step_loss, dev, work, progress, code):
     return Module(cfg_, {}, {}, None, {}, pairs, {}), log
 
 
-def _train_adapter(cfg, encoder, loop, step_loss, dev, work, progress, code, fp, name):
+def _train_adapter(cfg, encoder, loop, step_loss, dev, work, progress, code, fp, name, extra_params=None,
+                   role="language", below=()):  # fmt: skip
     import adapters
-    from adapters import SeqBnInvConfig
+    from adapters import SeqBnConfig, SeqBnInvConfig
+    from adapters.composition import Stack
 
     from rerank.modules.interop import from_adapters
 
-    adapters.init(encoder)
-    encoder.add_adapter("lang", config=SeqBnInvConfig(reduction_factor=cfg.reduction))
-    encoder.train_adapter("lang")
-    params = {n: p for n, p in encoder.named_parameters() if p.requires_grad}
+    if not hasattr(encoder, "adapters_config"):
+        adapters.init(encoder)
+    slot = "lang" if role == "language" else "task"
+    config = SeqBnInvConfig(reduction_factor=cfg.reduction) if role == "language" else SeqBnConfig(
+        reduction_factor=cfg.reduction)  # fmt: skip
+    encoder.add_adapter(slot, config=config)
+    encoder.train_adapter(slot)  # freezes everything else
+    if below:  # MAD-X: the task adapter is trained on top of the (frozen) language adapter
+        encoder.set_active_adapters(Stack(*below, slot))
+    params = {n: p for n, p in encoder.named_parameters() if p.requires_grad and f".{slot}." in n}
+    for p in (extra_params or {}).values():
+        p.requires_grad_(True)
+    params |= dict(extra_params or {})
     log = train(params, step_loss, loop, dev=dev, checkpoint_dir=work / "adapter", desc=f"{code} adapter",
                 progress=progress)  # fmt: skip
-    module = from_adapters(encoder, "lang", role="language", language=code, fingerprint=fp, base_model=name)
+    module = from_adapters(encoder, slot, role=role, language=code, fingerprint=fp, base_model=name)
     return module, log

@@ -1,0 +1,170 @@
+"""Relevance training data: read from files, or made from a document collection (no human judgements
+are available offline here).
+
+``make_pairs`` builds pseudo-queries from the documents themselves:
+
+* ``title``: the document's title is the query, its body the positive (titled collections);
+* ``ict`` (inverse cloze task, Lee et al. 2019): one sentence of a passage is the query, the passage
+  without that sentence the positive (any collection);
+
+and takes hard negatives from BM25 over the same collection (the top hits that are not the positive,
+nor documents whose text contains the query verbatim). With ``teacher``, the bi-encoder scores every
+(query, document) so a task module can be trained by distillation (margin-MSE).
+
+The JSONL written (one training query a line)::
+
+    {"qid": "...", "query": "...", "lang": "en", "positive": {"id": "...", "text": "..."},
+     "negatives": [{"id": "...", "text": "...", "bm25": 12.3}, ...], "teacher": [pos, neg1, ...]}
+
+is also what :func:`read_pairs` reads, besides TSV triples (``query<TAB>positive<TAB>negative``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+
+from rerank.errors import RerankError
+
+METHODS = ("ict", "title")
+_SENTENCE_END = re.compile(r"(?<=[.!?;։。؟؛])\s+")
+
+
+def _pseudo_query(doc, method: str, rng: random.Random) -> tuple[str, str] | None:
+    if method == "title":
+        if not doc.title or not doc.text.strip():
+            return None
+        return doc.title, doc.text
+    sentences = [s for s in _SENTENCE_END.split(doc.text) if len(s.split()) >= 4]
+    if len(sentences) < 2:
+        return None
+    i = rng.randrange(len(sentences))
+    rest = " ".join(s for j, s in enumerate(sentences) if j != i)
+    return sentences[i], rest
+
+
+def make_pairs(
+    docs_path: str | os.PathLike, out: str | os.PathLike, *, lang: str, method: str = "ict", negatives: int = 7,
+    max_queries: int | None = None, teacher: bool = False, seed: int = 0, index: str | os.PathLike | None = None,
+    overwrite: bool = False, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Write synthetic training queries for ``docs_path`` to ``out`` (JSONL) and ``out``.json (how)."""
+    import tempfile
+
+    from tqdm import tqdm
+
+    from rerank import languages
+    from rerank.collections._io import atomic_write, refuse_existing
+    from rerank.collections.docs import read_docs
+    from rerank.indexes.bm25 import BM25Index, index_file
+    from rerank.types import ScoredDoc
+
+    if method not in METHODS:
+        raise RerankError(f"unknown --method {method!r}", hint=f"one of: {', '.join(METHODS)}")
+    code = languages.code(lang)
+    refuse_existing(out, overwrite)
+    docs = list(read_docs(docs_path))
+    by_id = {d.doc_id: d for d in docs}
+    rng = random.Random(seed)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    with tempfile.TemporaryDirectory() as tmp:
+        idx_dir = Path(index) if index else Path(tmp) / "bm25"
+        if not index:
+            index_file(docs_path, idx_dir, code, progress=False)
+        bm25 = BM25Index(idx_dir)
+        rows, skipped = [], 0
+        for i in tqdm(order, desc="pseudo-queries", disable=not progress):
+            d = docs[i]
+            made = _pseudo_query(d, method, rng)
+            if made is None:
+                skipped += 1
+                continue
+            query, positive = made
+            hits = bm25.search(query, k=negatives * 3 + 1)
+            negs = [h for h in hits if h.doc_id != d.doc_id and query not in by_id[h.doc_id].text][:negatives]
+            if len(negs) < negatives:  # too few BM25 hits: fill with random documents (bm25 score 0)
+                taken = {n.doc_id for n in negs}
+                pool = [x for x in docs if x.doc_id != d.doc_id and x.doc_id not in taken]
+                negs += [ScoredDoc("", x.doc_id, 0.0) for x in rng.sample(pool, min(len(pool), negatives - len(negs)))]
+            rows.append({
+                "qid": f"{method}-{d.doc_id}", "query": query, "lang": code,
+                "positive": {"id": d.doc_id, "text": positive},
+                "negatives": [{"id": n.doc_id, "text": by_id[n.doc_id].contents, "bm25": round(n.score, 4)}
+                              for n in negs],
+            })  # fmt: skip
+            if max_queries and len(rows) >= max_queries:
+                break
+        bm25.close()
+    if not rows:
+        raise RerankError(
+            f"no pseudo-query could be made from {docs_path} with --method {method}",
+            hint="ict needs passages of 2+ sentences; title needs titled documents",
+        )
+    if teacher:
+        _teacher_scores(rows, progress)
+    with atomic_write(out, overwrite) as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    facts = {
+        "source": str(Path(docs_path).resolve()), "method": method, "lang": code, "queries": len(rows),
+        "negatives_per_query": negatives, "negatives_from": "BM25 top hits over the same collection",
+        "documents": len(docs), "skipped_documents": skipped, "teacher": "bi-encoder (e5-small)" if teacher else None,
+        "seed": seed,
+    }  # fmt: skip
+    with atomic_write(f"{out}.json", overwrite=True) as f:
+        f.write(json.dumps(facts, indent=1) + "\n")
+    return facts
+
+
+def _teacher_scores(rows: list[dict], progress: bool) -> None:
+    from rerank.scoring.encoder import BiEncoder
+
+    bi = BiEncoder(None)
+    pairs = [(r["query"], t) for r in rows for t in [r["positive"]["text"], *(n["text"] for n in r["negatives"])]]
+    scores = bi.predict(pairs, progress=progress)
+    i = 0
+    for r in rows:
+        n = 1 + len(r["negatives"])
+        r["teacher"] = [round(float(s), 5) for s in scores[i : i + n]]
+        i += n
+
+
+def read_pairs(path: str | os.PathLike) -> list[dict]:
+    """Training queries from our JSONL, or TSV triples (query, positive, negative; grouped by query)."""
+    from rerank.collections._io import json_lines, numbered_lines
+
+    p = Path(path)
+    rows: list[dict] = []
+    if p.name.endswith((".tsv", ".tsv.gz")):
+        by_q: dict[str, dict] = {}
+        for lineno, line in numbered_lines(p, "pairs file"):
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if len(cols) != 3:
+                raise RerankError(f"{p}:{lineno}: {len(cols)} columns", hint="query<TAB>positive<TAB>negative")
+            q, pos, neg = cols
+            new = {
+                "qid": f"q{len(by_q)}",
+                "query": q,
+                "lang": "",
+                "positive": {"id": "", "text": pos},
+                "negatives": [],
+            }
+            r = by_q.setdefault(q, new)
+            r["negatives"].append({"id": "", "text": neg})
+        rows = list(by_q.values())
+    else:
+        expected = '{"query", "positive": {"text"}, "negatives": [{"text"}, ...]}'
+        for lineno, obj in json_lines(p, "pairs file", expected):
+            ok = isinstance(obj, dict) and isinstance(obj.get("query"), str) and isinstance(obj.get("positive"), dict)
+            if not ok or not isinstance(obj.get("negatives"), list) or not obj["negatives"]:
+                raise RerankError(f"{p}:{lineno}: not a training query with negatives", hint=expected)
+            rows.append(obj)
+    if not rows:
+        raise RerankError(f"{p} has no training queries", hint="make some with `rerank train pairs`")
+    return rows

@@ -1,0 +1,243 @@
+"""Ranking task modules: a cross-encoder head and a module trained on source-language relevance data, on top
+of the source language's module (applied and frozen) — the recipe of Litschko et al. (2022): at query
+time the task module is stacked with the *query* language's module instead.
+
+Each training step takes ``batch_queries`` queries, each with its positive and ``negatives`` negatives
+(one group), scores every (query, document) pair with the cross-encoder, and applies the loss:
+
+* ``pointwise``: binary cross-entropy, positive 1, negatives 0;
+* ``pairwise``: RankNet, log(1 + exp(s_neg − s_pos)) averaged over the group's negatives;
+* ``listwise``: softmax cross-entropy of the positive over its group (ListNet with a one-hot target);
+* ``margin-mse``: distillation from the bi-encoder teacher's scores (the pairs file's ``teacher``):
+  MSE between the student's and the teacher's positive − negative margins.
+
+The dev metric is the MRR of the positive within its group, on held-out training queries (5%).
+The head (pooler + classifier) is trained with the module and stored in it as extras.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rerank.errors import RerankError
+from rerank.training.lang import DEFAULT_LR, KINDS, _sha, _train_adapter, _train_lora, _train_sparse
+from rerank.training.loop import LoopConfig
+
+LOSSES = ("pointwise", "pairwise", "listwise", "margin-mse")
+
+
+@dataclass
+class TaskConfig:
+    kind: str = "shira"
+    loss: str = "listwise"
+    density: float = 0.02
+    rank: int = 8
+    reduction: int = 16
+    mask: str = "gradient"
+    max_steps: int = 500
+    batch_queries: int = 4
+    negatives: int = 7
+    max_length: int = 256
+    lr: float | None = None
+    head_lr: float = 1e-3  # unused by the loop (one rate), kept for the record
+    l1: float = 0.0
+    time_budget: float | None = None
+    eval_every: int = 50
+    patience: int | None = 3
+    grad_accum: int = 1
+    seed: int = 0
+    embeddings: bool = False
+
+
+def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    train, dev = [], []
+    for r in rows:
+        h = int(hashlib.sha1(str(r.get("qid", r["query"])).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        (dev if h < 0.05 and len(dev) < 200 else train).append(r)
+    if not dev:
+        dev, train = train[-1:], train[:-1] or train
+    return train, dev
+
+
+def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int) -> tuple[torch.Tensor, int]:
+    """Logits (len(rows), 1 + negatives) of each query against its positive and negatives."""
+    firsts, seconds = [], []
+    for r in rows:
+        docs = [r["positive"]["text"], *(n["text"] for n in r["negatives"][:negatives])]
+        docs += [docs[-1]] * (1 + negatives - len(docs))  # a short group repeats its last negative
+        firsts += [r["query"]] * len(docs)
+        seconds += docs
+    enc = tok(firsts, seconds, truncation="only_second", max_length=max_length, padding=True, return_tensors="pt")
+    out = model(**enc).logits.view(len(rows), 1 + negatives)
+    return out, int(enc["attention_mask"].sum())
+
+
+def ranking_loss(scores: torch.Tensor, loss: str, teacher: torch.Tensor | None = None) -> torch.Tensor:
+    pos, neg = scores[:, :1], scores[:, 1:]
+    if loss == "pointwise":
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1
+        return torch.nn.functional.binary_cross_entropy_with_logits(scores, labels)
+    if loss == "pairwise":
+        return torch.nn.functional.softplus(neg - pos).mean()
+    if loss == "listwise":
+        return torch.nn.functional.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long))
+    if teacher is None:
+        raise RerankError("margin-mse needs teacher scores", hint="make the pairs with `rerank train pairs --teacher`")
+    return torch.nn.functional.mse_loss(pos - neg, teacher[:, :1] - teacher[:, 1:])
+
+
+def train_task_module(
+    pairs_path: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: TaskConfig,
+    *,
+    source_lang: str = "en",
+    lang_module: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Train a ranking task module (and its head) and write it to ``out``; returns the module."""
+    import random
+    import tempfile
+
+    from rerank import languages
+    from rerank.backbone import resolve_model
+    from rerank.collections._io import refuse_existing
+    from rerank.errors import warn
+    from rerank.modules.compose import ComposedModel, _strip
+    from rerank.modules.format import ModuleConfig, load_module, save_module
+    from rerank.scoring.cross import init_cross_encoder
+    from rerank.scoring.runtime import load_tokenizer, load_weights
+    from rerank.training.pairs import read_pairs
+
+    if cfg.kind not in KINDS:
+        raise RerankError(f"unknown --kind {cfg.kind!r}", hint=f"one of: {', '.join(KINDS)}")
+    if cfg.loss not in LOSSES:
+        raise RerankError(f"unknown --loss {cfg.loss!r}", hint=f"one of: {', '.join(LOSSES)}")
+    code = languages.code(source_lang)
+    out = Path(out)
+    refuse_existing(out, overwrite)
+    started = time.perf_counter()
+    rows = read_pairs(pairs_path)
+    if cfg.loss == "margin-mse" and any("teacher" not in r for r in rows):
+        raise RerankError(
+            "margin-mse needs teacher scores in every training query", hint="rerank train pairs --teacher"
+        )
+    train_rows, dev_rows = _split(rows)
+    info = resolve_model(model)
+    tok = load_tokenizer(info.path)
+    torch.manual_seed(cfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = info.path if info.has_head else init_cross_encoder(info.path, Path(tmp) / "ce", seed=cfg.seed)
+        net = load_weights(folder, head=True, device=torch.device("cpu"))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    composer, below, lang_record = None, (), None
+    if lang_module is not None:
+        composer = ComposedModel(net, fingerprint=info.fingerprint)
+        lm = load_module(lang_module, fingerprint=info.fingerprint, shapes=composer.shapes)
+        if lm.config.role != "language":
+            raise RerankError(
+                f"{lang_module} is a {lm.config.role} module", hint="--lang-module takes a language module"
+            )
+        if lm.config.language and lm.config.language != code:
+            warn(f"the language module is for {lm.config.language}, the training data for {code}")
+        composer.apply([lang_module])
+        below = tuple(composer._slots.values())
+        lang_record = {"path": str(Path(lang_module).resolve()), "kind": lm.config.kind, "key": lm.content_key[:16]}
+    head = {n: p for n, p in net.named_parameters() if _strip(n).startswith(("pooler.", "classifier."))}
+    order_rng = random.Random(cfg.seed)
+    per = max(1, len(train_rows) // cfg.batch_queries)
+    orders: dict[int, list[int]] = {}
+
+    def batch(i: int) -> list[dict]:
+        epoch, k = divmod(i, per)
+        if epoch not in orders:
+            idx = list(range(len(train_rows)))
+            random.Random(cfg.seed * 1_000_003 + epoch).shuffle(idx)
+            orders[epoch] = idx
+        take = orders[epoch][k * cfg.batch_queries : (k + 1) * cfg.batch_queries]
+        return [train_rows[j] for j in take]
+
+    def step_loss(i: int, extra=None):
+        b = batch(i)
+        scores, tokens = group_scores(net, tok, b, cfg.negatives, cfg.max_length)
+        teacher = None
+        if cfg.loss == "margin-mse":
+            teacher = torch.tensor([(r["teacher"] + [r["teacher"][-1]] * 64)[: 1 + cfg.negatives] for r in b])
+        loss = ranking_loss(scores, cfg.loss, teacher)
+        if extra is not None:
+            loss = loss + extra()
+        return loss, tokens
+
+    def dev_mrr() -> float:
+        net.eval()
+        rr = []
+        with torch.no_grad():
+            for j in range(0, len(dev_rows), 4):
+                scores, _ = group_scores(net, tok, dev_rows[j : j + 4], cfg.negatives, cfg.max_length)
+                rank = 1 + (scores[:, 1:] > scores[:, :1]).sum(dim=1)
+                rr += (1.0 / rank.float()).tolist()
+        net.train()
+        return sum(rr) / len(rr)
+
+    del order_rng
+    net.train()
+    mrr_before = dev_mrr()
+    lr = cfg.lr or DEFAULT_LR[cfg.kind]
+    loop = LoopConfig(max_steps=cfg.max_steps, lr=lr, time_budget=cfg.time_budget, patience=cfg.patience,
+                      grad_accum=cfg.grad_accum, eval_every=cfg.eval_every, seed=cfg.seed,
+                      checkpoint_every=max(50, cfg.eval_every))  # fmt: skip
+    work = Path(f"{out}.work")
+    recipe = {"objective": f"ranking, {cfg.loss} loss", "kind": cfg.kind, "loss": cfg.loss, "lr": lr,
+              "max_steps": cfg.max_steps, "batch_queries": cfg.batch_queries, "negatives": cfg.negatives,
+              "max_length": cfg.max_length, "seed": cfg.seed, "language_module": lang_record,
+              "dev_mrr_before": round(mrr_before, 4)}  # fmt: skip
+    dev = lambda: 1.0 - dev_mrr()  # noqa: E731 - the loop minimises
+    lang_cfg = _as_lang_cfg(cfg)
+    if cfg.kind in ("shira", "sft"):
+        module, log = _train_sparse(lang_cfg, net, None, None, loop, step_loss, dev, work, progress, code, recipe,
+                                    extra_params=head)  # fmt: skip
+    elif cfg.kind == "lora":
+        module, log = _train_lora(lang_cfg, net, loop, step_loss, dev, work, progress, code, extra_params=head)
+        net = getattr(net, "base_model", net)
+    else:
+        module, log = _train_adapter(lang_cfg, net, loop, step_loss, dev, work, progress, code, info.fingerprint,
+                                     info.name, extra_params=head, role="task", below=below)  # fmt: skip
+    extras = {_strip(n): p.detach().float().clone() for n, p in head.items()}
+    common = dict(role="task", language=code, base_model=info.name, base_fingerprint=info.fingerprint)
+    c = module.config
+    module.config = ModuleConfig(kind=cfg.kind, density=cfg.density if cfg.kind in ("shira", "sft") else None,
+                                 rank=c.rank, scaling=c.scaling, adapter_config=c.adapter_config, shapes=c.shapes,
+                                 **common)  # fmt: skip
+    module.extras = extras
+    recipe.update(
+        steps=log.steps, stopped=log.stopped, dev_mrr=[(s, round(1 - v, 4)) for s, v in log.dev],
+        dev_mrr_best=None if log.best_dev is None else round(1 - log.best_dev, 4),
+        train_loss=[(s, round(v, 4)) for s, v in log.train_loss[:: max(1, len(log.train_loss) // 20)]],
+        tokens=log.tokens, seconds=round(time.perf_counter() - started, 1),
+    )  # fmt: skip
+    module.config.recipe = recipe
+    p = Path(pairs_path)
+    module.config.data = {"pairs": str(p.resolve()), "sha256": _sha(p), "queries": len(rows),
+                          "train_queries": len(train_rows), "dev_queries": len(dev_rows)}  # fmt: skip
+    save_module(module, out, overwrite=overwrite)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return module
+
+
+def _as_lang_cfg(cfg: TaskConfig):
+    from rerank.training.lang import LangConfig
+
+    return LangConfig(kind=cfg.kind, density=cfg.density, rank=cfg.rank, reduction=cfg.reduction, mask=cfg.mask,
+                      embeddings=cfg.embeddings, max_steps=cfg.max_steps, l1=cfg.l1, seed=cfg.seed)  # fmt: skip

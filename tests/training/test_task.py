@@ -1,0 +1,99 @@
+"""Synthetic pairs from the bundled collection (ICT, BM25 negatives) and ranking task modules trained on a
+tiny random cross-encoder on top of a frozen language module, in every kind and loss."""
+
+import json
+
+import pytest
+import torch
+
+from rerank.errors import RerankError
+
+pytestmark = pytest.mark.java
+
+
+@pytest.fixture(scope="module")
+def pairs_file(udhr_dir, tmp_path_factory):
+    from rerank.training.pairs import make_pairs
+
+    out = tmp_path_factory.mktemp("pairs") / "train.jsonl"
+    facts = make_pairs(udhr_dir / "docs.en.jsonl", out, lang="en", method="ict", negatives=3, progress=False)
+    assert facts["queries"] >= 10
+    return out
+
+
+def test_pairs_are_real_queries_with_bm25_negatives(pairs_file, udhr_dir):
+    from rerank.collections.docs import read_docs
+    from rerank.training.pairs import read_pairs
+
+    docs = {d.doc_id: d for d in read_docs(udhr_dir / "docs.en.jsonl")}
+    rows = read_pairs(pairs_file)
+    for r in rows:
+        pos = docs[r["positive"]["id"]]
+        assert r["query"] in pos.text and r["query"] not in r["positive"]["text"]  # ICT: the sentence is held out
+        assert len(r["negatives"]) == 3 and all(n["id"] != pos.doc_id for n in r["negatives"])
+        assert r["negatives"][0]["bm25"] >= r["negatives"][-1]["bm25"]
+    how = json.loads(pairs_file.with_name("train.jsonl.json").read_text())
+    assert how["method"] == "ict" and how["negatives_from"].startswith("BM25")
+
+
+@pytest.mark.parametrize(("kind", "loss"), [("shira", "listwise"), ("lora", "pairwise"), ("sft", "pointwise"),
+                                            ("adapter", "listwise")])  # fmt: skip
+def test_task_modules_train_and_stack_with_a_language_module(kind, loss, pairs_file, tiny_bert, tmp_path):
+    from rerank import Reranker
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import save_module
+    from rerank.scoring.cross import init_cross_encoder
+    from rerank.training.task import TaskConfig, train_task_module
+    from tests.modules.test_compose import random_module
+
+    cross = init_cross_encoder(tiny_bert, tmp_path / "ce", seed=0)
+    lang = save_module(random_module(ComposedModel(cross), 5, lang="en", density=0.05), tmp_path / "en-lang")
+    cfg = TaskConfig(kind=kind, loss=loss, max_steps=4, batch_queries=2, negatives=3, max_length=64, eval_every=2)
+    m = train_task_module(pairs_file, tmp_path / "task", cfg, lang_module=lang, model=tiny_bert, progress=False)
+    r = m.config.recipe
+    assert m.config.role == "task" and m.config.kind == kind and r["loss"] == loss and r["language_module"]["path"]
+    assert {"classifier.weight", "pooler.dense.weight"} <= set(m.extras) and r["steps"] >= 2
+    pairs = [("right to education", "Everyone has the right to education."), ("slavery", "No one shall be held.")]
+    plain = Reranker(cross).predict(pairs)
+    stacked = Reranker(cross, modules=[lang, tmp_path / "task"]).predict(pairs)
+    assert not torch.allclose(torch.tensor(plain), torch.tensor(stacked))
+
+
+def test_bad_task_input(pairs_file, tiny_bert, tmp_path, capsys):
+    from rerank.cli.main import main
+    from rerank.training.task import TaskConfig, train_task_module
+
+    with pytest.raises(RerankError, match="unknown --loss 'hinge'"):
+        train_task_module(pairs_file, tmp_path / "x", TaskConfig(loss="hinge"), model=tiny_bert, progress=False)
+    with pytest.raises(RerankError, match="margin-mse needs teacher scores"):
+        train_task_module(pairs_file, tmp_path / "x", TaskConfig(loss="margin-mse"), model=tiny_bert, progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "x", "positive": {"text": "y"}, "negatives": []}\n')
+    with pytest.raises(RerankError, match="bad.jsonl:1: not a training query with negatives"):
+        train_task_module(bad, tmp_path / "x", TaskConfig(), model=tiny_bert, progress=False)
+
+    def run(*args):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return e.value.code, cap.out, cap.err
+
+    code, out, err = run("train", "task", "--pairs", pairs_file, "--out", tmp_path / "t", "--kind", "lora",
+                         "--max-steps", "2", "--batch-queries", "2", "--negatives", "3", "--max-length", "64",
+                         "--model", tiny_bert, "--quiet")  # fmt: skip
+    assert code == 0 and "lora task module (listwise)" in out and "no --lang-module" in err, err
+    from rerank import Reranker
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import save_module
+    from rerank.scoring.cross import init_cross_encoder
+    from tests.modules.test_compose import random_module
+
+    cross = init_cross_encoder(tiny_bert, tmp_path / "ce", seed=0)
+    lang = save_module(random_module(ComposedModel(cross), 5, lang="ky", density=0.05), tmp_path / "ky-lang")
+    Reranker(cross, modules=[lang, tmp_path / "t"])
+    assert "was trained without a language module" in capsys.readouterr().err
+    code, _, err = run("train", "task", "--pairs", pairs_file, "--out", tmp_path / "t2", "--batch-queries", "64",
+                       "--negatives", "15", "--max-length", "512", "--model", tiny_bert)  # fmt: skip
+    assert code == 2 and "would not fit here" in err
+    code, out, err = run("train", "pairs", "--docs", tmp_path / "nope.jsonl", "--out", tmp_path / "p.jsonl")
+    assert code == 2 and "nope.jsonl" in err and "Traceback" not in err
