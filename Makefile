@@ -13,7 +13,7 @@ LANGS   := en de ru ky
 INDEXES := $(foreach l,$(LANGS),indexes/udhr-$(l)/rerank-index.json)
 Q       = $$(cut -f2 data/udhr/topics.$(1).tsv | sed -n $(2)p)
 
-.PHONY: install data indexes demo test lint bench clean browser grid
+.PHONY: install data indexes demo test lint bench clean browser grid train-data
 
 install: $(STAMP)
 
@@ -61,6 +61,16 @@ demo: $(INDEXES)
 	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/auto.ky-en.trec MAP nDCG@10 'RR(rel=2)'
 	@echo; echo "== A Kyrgyz query over the Kyrgyz documents: hybrid first stage, top 100 reranked by the bi-encoder"
 	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --first-stage hybrid --reranker bi "$(call Q,ky,14)"
+
+# Training text for task modules (never evaluated on): LibreOffice's English help, from Debian's package.
+LOHELP_DEB := .cache/deb/libreoffice-help-en-us
+train-data: data/lohelp/docs.en.jsonl
+data/lohelp/docs.en.jsonl: $(STAMP)
+	mkdir -p $(LOHELP_DEB)
+	cd $(LOHELP_DEB) && { ls *.deb >/dev/null 2>&1 || apt-get download libreoffice-help-en-us 2>&1 | grep -v "^W:" || true; }
+	dpkg -x $(LOHELP_DEB)/*.deb $(LOHELP_DEB)/x
+	$(BIN)/rerank collections build-lohelp --root $(LOHELP_DEB)/x/usr/share/libreoffice/help/en-US --lang en \
+		--out data/lohelp --overwrite
 
 # Reports are checked in a real headless browser: Debian's chromium (installed when missing and run as root,
 # as CI is; elsewhere the browser tests say they were skipped and why).

@@ -28,6 +28,25 @@ def build_udhr(
     out.print(f"built {out_dir} from {s['source']}: documents {s['documents']}, topics {s['topics']}")
 
 
+@app.command("build-lohelp")
+@user_errors
+def build_lohelp(
+    root: Annotated[
+        Path, typer.Option("--root", help="Extracted libreoffice-help-<lang> (usr/share/libreoffice/help/…).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for docs.<lang>.jsonl.")],
+    lang: Annotated[str, typer.Option("--lang", help="The help's language.")] = "en",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+) -> None:
+    """Build training text (one document per help-page section) from LibreOffice's help."""
+    from rerank.collections import lohelp
+
+    s = lohelp.build(root, out_dir, lang, overwrite)
+    out.print(
+        f"built {out_dir}: {s['documents']:,} sections from {s['pages']:,} pages, {s['characters']:,} characters"
+    )
+
+
 @app.command("check")
 @user_errors
 def check(

@@ -85,10 +85,12 @@ def make_pairs(
                 continue
             query, positive = made
             hits = bm25.search(query, k=negatives * 3 + 1)
-            negs = [h for h in hits if h.doc_id != d.doc_id and query not in by_id[h.doc_id].text][:negatives]
+            page = d.doc_id.split("#", 1)[0]  # sections of one page (id "page#k") are not negatives of each other
+            negs = [h for h in hits if h.doc_id.split("#", 1)[0] != page and query not in by_id[h.doc_id].text]
+            negs = negs[:negatives]
             if len(negs) < negatives:  # too few BM25 hits: fill with random documents (bm25 score 0)
                 taken = {n.doc_id for n in negs}
-                pool = [x for x in docs if x.doc_id != d.doc_id and x.doc_id not in taken]
+                pool = [x for x in docs if x.doc_id.split("#", 1)[0] != page and x.doc_id not in taken]
                 negs += [ScoredDoc("", x.doc_id, 0.0) for x in rng.sample(pool, min(len(pool), negatives - len(negs)))]
             rows.append({
                 "qid": f"{method}-{d.doc_id}", "query": query, "lang": code,

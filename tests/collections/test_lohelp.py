@@ -1,0 +1,33 @@
+"""The LibreOffice help reader on a page written in the help's own HTML layout (a format fixture)."""
+
+from rerank.collections.lohelp import build, page_documents
+
+PAGE = """<html><body><aside><p>navigation, not content</p></aside>
+<div id="DisplayArea" itemprop="softwareHelp">
+  <meta itemprop="keywords" content="Find toolbar">
+  <h1 id="hd_1" dir="auto">Find Bar</h1>
+  <p id="par_1" class="paragraph">The <span class="menuitem">Find</span> toolbar can be used to quickly search the
+  contents of documents, and it opens at the bottom of the window.</p>
+  <div class="tip"><p id="par_2">Use the shortcut <span class="switchinline"><span hidden="true" class="MAC">
+  <span class="keycode">Command</span></span><span hidden="true">Ctrl</span></span><span class="keycode"> + F</span>
+  to quickly open the <span class="menuitem">Find</span> toolbar.<br></p></div>
+  <h2 id="hd_2">Find Text</h2>
+  <p id="par_3">Enter the text to be searched in the document. Press <span class="keycode">Enter</span> to perform
+  the search from the position of the cursor.</p>
+</div><footer><p>footer text</p></footer></body></html>
+"""
+
+
+def test_sections_become_titled_documents(tmp_path):
+    page = tmp_path / "help" / "text" / "shared" / "find_toolbar.html"
+    page.parent.mkdir(parents=True)
+    page.write_text(PAGE, encoding="utf-8")
+    docs = page_documents(page, "text/shared/find_toolbar.html")
+    assert [d.title for d in docs] == ["Find Bar", "Find Bar: Find Text"]
+    assert (
+        docs[0].text.startswith("The Find toolbar can be used") and "Use the shortcut + F to quickly" in docs[0].text
+    )
+    assert "Command" not in docs[0].text and "navigation" not in docs[0].text and "footer" not in docs[1].text
+    assert docs[1].doc_id == "text/shared/find_toolbar.html#1"
+    facts = build(tmp_path / "help", tmp_path / "out", "en")
+    assert facts == {"pages": 1, "documents": 2, "characters": sum(len(d.text) for d in docs)}
