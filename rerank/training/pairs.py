@@ -5,10 +5,11 @@ are available offline here).
 
 * ``title``: the document's title is the query, its body the positive (titled collections);
 * ``ict`` (inverse cloze task, Lee et al. 2019): one sentence of a passage is the query, the passage
-  without that sentence the positive (any collection);
+  without that sentence the positive (with it, 10% of the time, as in the paper) (any collection);
 
-and takes hard negatives from BM25 over the same collection (the top hits that are not the positive,
-nor documents whose text contains the query verbatim). With ``teacher``, the bi-encoder scores every
+and takes hard negatives from BM25 over the same collection (the top hits that are not the positive or
+from its page, nor documents containing the query verbatim). Positives and negatives are both body text
+without titles, so nothing but relevance tells them apart. With ``teacher``, the bi-encoder scores every
 (query, document) so a task module can be trained by distillation (margin-MSE).
 
 The JSONL written (one training query a line)::
@@ -30,6 +31,7 @@ from pathlib import Path
 from rerank.errors import RerankError
 
 METHODS = ("ict", "title")
+ICT_KEEP = 0.1
 _SENTENCE_END = re.compile(r"(?<=[.!?;։。؟؛])\s+")
 
 
@@ -42,7 +44,8 @@ def _pseudo_query(doc, method: str, rng: random.Random) -> tuple[str, str] | Non
     if len(sentences) < 2:
         return None
     i = rng.randrange(len(sentences))
-    rest = " ".join(s for j, s in enumerate(sentences) if j != i)
+    keep = rng.random() < ICT_KEEP  # as Lee et al. do: sometimes the sentence stays, so word overlap still counts
+    rest = " ".join(s for j, s in enumerate(sentences) if j != i or keep)
     return sentences[i], rest
 
 
@@ -86,7 +89,7 @@ def make_pairs(
             query, positive = made
             hits = bm25.search(query, k=negatives * 3 + 1)
             page = d.doc_id.split("#", 1)[0]  # sections of one page (id "page#k") are not negatives of each other
-            negs = [h for h in hits if h.doc_id.split("#", 1)[0] != page and query not in by_id[h.doc_id].text]
+            negs = [h for h in hits if h.doc_id.split("#", 1)[0] != page and query not in by_id[h.doc_id].contents]
             negs = negs[:negatives]
             if len(negs) < negatives:  # too few BM25 hits: fill with random documents (bm25 score 0)
                 taken = {n.doc_id for n in negs}
@@ -95,7 +98,9 @@ def make_pairs(
             rows.append({
                 "qid": f"{method}-{d.doc_id}", "query": query, "lang": code,
                 "positive": {"id": d.doc_id, "text": positive},
-                "negatives": [{"id": n.doc_id, "text": by_id[n.doc_id].contents, "bm25": round(n.score, 4)}
+                # negatives are formatted like the positive (body text, no title): a title holding the query
+                # would teach "the query's words mean not relevant"
+                "negatives": [{"id": n.doc_id, "text": by_id[n.doc_id].text, "bm25": round(n.score, 4)}
                               for n in negs],
             })  # fmt: skip
             if max_queries and len(rows) >= max_queries:
