@@ -48,12 +48,17 @@ _DTYPES = {
 }
 
 
-def encoder_name(name: str) -> str | None:
-    """The normalised name a tensor is fingerprinted under, or None when it is a head or a buffer."""
+def strip_base_prefix(name: str) -> str:
+    """``bert.encoder.layer.0…`` → ``encoder.layer.0…`` (the model-class prefix removed)."""
     for prefix in BASE_PREFIXES:
         if name.startswith(prefix):
-            name = name[len(prefix) :]
-            break
+            return name[len(prefix) :]
+    return name
+
+
+def encoder_name(name: str) -> str | None:
+    """The normalised name a tensor is fingerprinted under, or None when it is a head or a buffer."""
+    name = strip_base_prefix(name)
     if name.startswith(HEAD_PREFIXES) or name.endswith("position_ids"):
         return None
     return name

@@ -253,10 +253,6 @@ def evaluate_grid(grid: Grid, runs: dict) -> dict:
     return cells
 
 
-def _column(doc: str, query: str, docs: list) -> str:
-    return f"{query}→{doc}"
-
-
 def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike) -> Path:
     """``<out>/index.html`` (one table per measure: rows = systems, columns = query→document languages,
     † vs the baseline), grouped bar charts, ``grid.csv``/``grid.json``/``grid.md``, and a full report
@@ -271,8 +267,7 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = list(cells)
-    docs = sorted({d for d, _ in keys})
-    columns = [_column(d, q, docs) for d, q in keys]
+    columns = [f"{q}→{d}" for d, q in keys]
     first_ev = next(iter(cells.values()))[0]
     measures, systems = first_ev.measures, first_ev.systems
     for (doc, query), (ev, comps) in cells.items():

@@ -24,16 +24,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from rerank.backbone.fingerprints import strip_base_prefix as _strip  # one rule for parameter names
 from rerank.errors import RerankError
-
-
-def _strip(name: str) -> str:
-    from rerank.backbone.fingerprints import BASE_PREFIXES
-
-    for prefix in BASE_PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
 
 
 def _release_freed_memory() -> None:

@@ -45,7 +45,6 @@ class TaskConfig:
     negatives: int = 7
     max_length: int = 256
     lr: float | None = None
-    head_lr: float = 1e-3  # unused by the loop (one rate), kept for the record
     l1: float = 0.0
     time_budget: float | None = None
     eval_every: int = 50
@@ -154,7 +153,6 @@ def train_task_module(
         below = tuple(composer._slots.values())
         lang_record = {"path": str(Path(lang_module).resolve()), "kind": lm.config.kind, "key": lm.content_key[:16]}
     head = {n: p for n, p in net.named_parameters() if _strip(n).startswith(("pooler.", "classifier."))}
-    order_rng = random.Random(cfg.seed)
     per = max(1, len(train_rows) // cfg.batch_queries)
     orders: dict[int, list[int]] = {}
 
@@ -189,7 +187,6 @@ def train_task_module(
         net.train()
         return sum(rr) / len(rr)
 
-    del order_rng
     net.train()
     mrr_before = dev_mrr()
     lr = cfg.lr or DEFAULT_LR[cfg.kind]
