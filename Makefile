@@ -13,7 +13,7 @@ LANGS   := en de ru ky
 INDEXES := $(foreach l,$(LANGS),indexes/udhr-$(l)/rerank-index.json)
 Q       = $$(cut -f2 data/udhr/topics.$(1).tsv | sed -n $(2)p)
 
-.PHONY: install data indexes demo test lint bench clean browser grid train-data
+.PHONY: install data indexes demo test lint bench clean browser grid train-data train-text
 
 install: $(STAMP)
 
@@ -62,15 +62,24 @@ demo: $(INDEXES)
 	@echo; echo "== A Kyrgyz query over the Kyrgyz documents: hybrid first stage, top 100 reranked by the bi-encoder"
 	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --first-stage hybrid --reranker bi "$(call Q,ky,14)"
 
-# Training text for task modules (never evaluated on): LibreOffice's English help, from Debian's package.
-LOHELP_DEB := .cache/deb/libreoffice-help-en-us
+# Training text (never evaluated on): LibreOffice's help from Debian's packages — English for task modules
+# (pseudo-queries) and for the English language module; Turkish, German and Russian for theirs (paragraphs left
+# in English by the translators are dropped). Kyrgyz and Uyghur text is read in place from ../shared/data/mono.
+LOHELP_DEB = .cache/deb/libreoffice-help-$(1)
+LOHELP_ROOT = $(LOHELP_DEB)/x/usr/share/libreoffice/help/$(2)
 train-data: data/lohelp/docs.en.jsonl
-data/lohelp/docs.en.jsonl: $(STAMP)
-	mkdir -p $(LOHELP_DEB)
-	cd $(LOHELP_DEB) && { ls *.deb >/dev/null 2>&1 || apt-get download libreoffice-help-en-us 2>&1 | grep -v "^W:" || true; }
-	dpkg -x $(LOHELP_DEB)/*.deb $(LOHELP_DEB)/x
-	$(BIN)/rerank collections build-lohelp --root $(LOHELP_DEB)/x/usr/share/libreoffice/help/en-US --lang en \
-		--out data/lohelp --overwrite
+train-text: $(foreach l,en tr de ru,data/lohelp/docs.$(l).jsonl)
+.SECONDARY: $(foreach l,en-us tr de ru,.cache/deb/libreoffice-help-$(l)/.extracted)
+.cache/deb/libreoffice-help-%/.extracted:
+	mkdir -p $(@D)
+	cd $(@D) && { ls *.deb >/dev/null 2>&1 || apt-get download libreoffice-help-$* 2>&1 | grep -v "^W:" || true; }
+	dpkg -x $(@D)/*.deb $(@D)/x
+	touch $@
+data/lohelp/docs.en.jsonl: $(STAMP) .cache/deb/libreoffice-help-en-us/.extracted
+	$(BIN)/rerank collections build-lohelp --root $(call LOHELP_ROOT,en-us,en-US) --lang en --out data/lohelp --overwrite
+data/lohelp/docs.%.jsonl: $(STAMP) .cache/deb/libreoffice-help-%/.extracted .cache/deb/libreoffice-help-en-us/.extracted
+	$(BIN)/rerank collections build-lohelp --root $(call LOHELP_ROOT,$*,$*) --lang $* --out data/lohelp --overwrite \
+		--untranslated-from $(call LOHELP_ROOT,en-us,en-US)
 
 # Reports are checked in a real headless browser: Debian's chromium (installed when missing and run as root,
 # as CI is; elsewhere the browser tests say they were skipped and why).

@@ -36,12 +36,16 @@ def build_lohelp(
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for docs.<lang>.jsonl.")],
     lang: Annotated[str, typer.Option("--lang", help="The help's language.")] = "en",
+    untranslated_from: Annotated[
+        Path | None,
+        typer.Option("--untranslated-from", help="The English help's folder: leave out paragraphs found there."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
 ) -> None:
     """Build training text (one document per help-page section) from LibreOffice's help."""
     from rerank.collections import lohelp
 
-    s = lohelp.build(root, out_dir, lang, overwrite)
+    s = lohelp.build(root, out_dir, lang, overwrite, untranslated_from=untranslated_from)
     out.print(
         f"built {out_dir}: {s['documents']:,} sections from {s['pages']:,} pages, {s['characters']:,} characters"
     )

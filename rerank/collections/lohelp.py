@@ -62,9 +62,16 @@ class _Page(HTMLParser):
             self.cur.append(data)
 
 
-def page_documents(path: Path, rel: str, min_chars: int = 80) -> list[Document]:
+def page_blocks(path: Path) -> list[tuple[str, str]]:
+    """The visible headings and paragraphs of a help page, in order: (h1|h2|h3|p, text)."""
     p = _Page()
     p.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return p.blocks
+
+
+def page_documents(path: Path, rel: str, min_chars: int = 80, drop: set[str] | None = None) -> list[Document]:
+    """One document per section of the page. Paragraphs in ``drop`` (e.g. the English help's, for a
+    translation that left them untranslated) are left out."""
     title, section, paras, docs = "", "", [], []
 
     def flush():
@@ -73,7 +80,9 @@ def page_documents(path: Path, rel: str, min_chars: int = 80) -> list[Document]:
             head = f"{title}: {section}" if section and section != title else title
             docs.append(Document(f"{rel}#{len(docs)}", text, head))
 
-    for tag, text in p.blocks:
+    for tag, text in page_blocks(path):
+        if drop and text in drop and tag == "p":
+            continue
         if tag == "h1":
             flush()
             title, section, paras = text, "", []
@@ -86,34 +95,49 @@ def page_documents(path: Path, rel: str, min_chars: int = 80) -> list[Document]:
     return docs
 
 
-def build(help_root: str | os.PathLike, out: str | os.PathLike, lang: str = "en", overwrite: bool = False) -> dict:
+def _pages(root: Path) -> list[Path]:
+    pages = sorted(root.rglob("text/**/*.html"))
+    if not pages:
+        raise RerankError(f"no help pages (text/**/*.html) under {root}", hint="extract libreoffice-help-<lang> there")
+    return pages
+
+
+def build(help_root: str | os.PathLike, out: str | os.PathLike, lang: str = "en", overwrite: bool = False,
+          untranslated_from: str | os.PathLike | None = None) -> dict:  # fmt: skip
     """``help_root``: the extracted package's ``usr/share/libreoffice/help/<lang-REGION>`` folder (or any
-    folder above it). Writes ``<out>/docs.<lang>.jsonl`` and a README."""
+    folder above it). Writes ``<out>/docs.<lang>.jsonl`` and ``<out>/README.<lang>.md`` (other languages'
+    files in ``out`` stay). ``untranslated_from``: the English help's folder; paragraphs found there
+    verbatim are dropped (a translation leaves many paragraphs in English: about 43% in Turkish)."""
     from rerank import languages
-    from rerank.collections._io import atomic_dir
+    from rerank.collections._io import atomic_write, check_writable_target
     from rerank.collections.docs import write_jsonl_docs
 
     code = languages.code(lang)
     root = Path(help_root)
-    pages = sorted(root.rglob("text/**/*.html"))
-    if not pages:
-        raise RerankError(f"no help pages (text/**/*.html) under {root}", hint="extract libreoffice-help-<lang> there")
+    pages = _pages(root)
+    drop: set[str] = set()
+    if untranslated_from is not None:
+        drop = {t for page in _pages(Path(untranslated_from)) for tag, t in page_blocks(page) if tag == "p"}
+    target = Path(out) / f"docs.{code}.jsonl"
+    check_writable_target(target, overwrite)
     docs: list[Document] = []
     seen: set[str] = set()
     for page in pages:
         rel = page.relative_to(root).as_posix()
-        for d in page_documents(page, rel):
+        for d in page_documents(page, rel, drop=drop):
             if d.text in seen:  # the same boilerplate section on many pages
                 continue
             seen.add(d.text)
             docs.append(d)
-    with atomic_dir(out, overwrite) as tmp:
-        write_jsonl_docs(docs, tmp / f"docs.{code}.jsonl")
-        (tmp / "README.md").write_text(
+    if not docs:
+        raise RerankError(f"no text left in the help under {root}", hint="is it the right language's help?")
+    write_jsonl_docs(docs, target, overwrite=True)
+    dropped = f" {len(drop):,} English paragraphs were left out where they appear verbatim." if drop else ""
+    with atomic_write(Path(out) / f"README.{code}.md", overwrite=True) as f:
+        f.write(
             f"# LibreOffice help ({code}): training text\n\nBuilt by `rerank collections build-lohelp` from "
             f"{len(pages)} pages under {root}: {len(docs)} sections (title = page: section, text = its paragraphs; "
-            "repeated sections dropped). Source: Debian `libreoffice-help-*`, MPL-2.0. Not committed. Used for "
-            "training only, never as an evaluation collection.\n",
-            encoding="utf-8",
+            f"repeated sections dropped).{dropped} Source: Debian `libreoffice-help-*`, MPL-2.0. Not committed. "
+            "Used for training only, never as an evaluation collection.\n"
         )
     return {"pages": len(pages), "documents": len(docs), "characters": sum(len(d.text) for d in docs)}

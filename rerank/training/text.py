@@ -20,15 +20,21 @@ SCRIPTS = {
     "zh": "CJK", "ja": "CJK", "ko": "HANGUL", "el": "GREEK", "he": "HEBREW", "hi": "DEVANAGARI",
 }  # fmt: skip
 MIN_CHARS = 2_000
+DOC_SUFFIXES = (".jsonl", ".json", ".ndjson", ".sgml", ".sgm", ".xml", ".trec")  # read as a document collection
 
 
 def read_texts(paths: Sequence[str | os.PathLike], min_chars: int = MIN_CHARS) -> list[str]:
     """Documents from plain-text files: blank-line separated when a file has blank lines between text,
-    else one per line. Refuses missing, empty or tiny text."""
+    else one per line; or from a document collection (JSONL or SGML, as ``rerank index`` reads: each
+    document's title and text). Refuses missing, empty or tiny text."""
     from rerank.collections._io import numbered_lines
+    from rerank.collections.docs import read_docs
 
     docs: list[str] = []
     for path in paths:
+        if Path(path).name.lower().removesuffix(".gz").endswith(DOC_SUFFIXES):
+            docs.extend(" ".join(d.contents.split()) for d in read_docs(path) if d.contents.strip())
+            continue
         lines = [line.strip() for _, line in numbered_lines(Path(path), "text file")]
         if any(not line for line in lines[1:-1]) and sum(1 for line in lines if not line) * 3 < len(lines):
             block: list[str] = []

@@ -31,3 +31,30 @@ def test_sections_become_titled_documents(tmp_path):
     assert docs[1].doc_id == "text/shared/find_toolbar.html#1"
     facts = build(tmp_path / "help", tmp_path / "out", "en")
     assert facts == {"pages": 1, "documents": 2, "characters": sum(len(d.text) for d in docs)}
+
+
+def test_a_translation_keeps_only_its_translated_paragraphs(tmp_path):
+    rel = "text/shared/find_toolbar.html"
+    en = tmp_path / "en-US" / rel
+    tr = tmp_path / "tr" / rel
+    for p in (en, tr):
+        p.parent.mkdir(parents=True)
+    en.write_text(PAGE, encoding="utf-8")
+    # the Turkish page as a translation leaves it: the heading and the first paragraph translated, the rest not
+    translated = PAGE.replace("Find Bar", "Bul Çubuğu").replace(
+        "The <span class=\"menuitem\">Find</span> toolbar can be used to quickly search the\n  contents of "
+        "documents, and it opens at the bottom of the window.",
+        "<span class=\"menuitem\">Bul</span> araç çubuğu belgelerin içeriğinde hızlıca arama yapmak için "
+        "kullanılır ve pencerenin altında açılır.",
+    )
+    assert translated != PAGE.replace("Find Bar", "Bul Çubuğu")
+    tr.write_text(translated, encoding="utf-8")
+    build(tmp_path / "tr", tmp_path / "out", "tr", untranslated_from=tmp_path / "en-US")
+    build(tmp_path / "en-US", tmp_path / "out", "en")  # a second language beside the first
+    from rerank.collections.docs import read_docs
+
+    docs = list(read_docs(tmp_path / "out" / "docs.tr.jsonl"))
+    assert [d.title for d in docs] == ["Bul Çubuğu"]  # the untranslated section is gone entirely
+    assert docs[0].text.startswith("Bul araç çubuğu") and "Use the shortcut" not in docs[0].text
+    assert len(list(read_docs(tmp_path / "out" / "docs.en.jsonl"))) == 2
+    assert (tmp_path / "out" / "README.tr.md").is_file()

