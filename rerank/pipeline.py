@@ -5,7 +5,8 @@
 >>> pipe.search("Ар бир адам эркин жүрүүгө укуктуу", lang="ky", k=10)      # list[ScoredDoc]
 
 ``first_stage="auto"`` chooses by the query and document languages (:func:`choose_first_stage`).
-``reranker="auto"`` is the cross-encoder when the model folder has a ranking head; without one, the
+``reranker="auto"`` is the cross-encoder when the model folder has a ranking head or a shipped task
+module brings one (``modules="auto"``: the task module stacked with the query language's module); else the
 bi-encoder — except after a dense or hybrid first stage of the same backbone, where re-scoring by the
 same embeddings would only undo the fusion (measured: hybrid 0.912 → hybrid+bi 0.889 within a
 language), so nothing is reranked then. Results deeper than ``depth`` keep their first-stage order
@@ -55,13 +56,18 @@ def choose_first_stage(query_lang: str | None, doc_lang: str, has_dense: bool) -
 
 
 class Pipeline:
-    """A search system over one index folder: first stage, then an optional reranker."""
+    """A search system over one index folder: first stage, then an optional reranker.
+
+    ``modules``: ``"auto"`` (default) stacks the shipped modules made for the reranker's backbone — the
+    query language's module and the task module with its ranking head, which makes the reranker a
+    cross-encoder (:mod:`rerank.modules.catalog`); a list (or ``{lang: [...]}``) stacks those; ``None``
+    stacks nothing."""
 
     def __init__(self, index: str | os.PathLike, *, first_stage: str = "auto", reranker: str = "auto",
                  model=None, dense_model=None, depth: int = DEFAULT_DEPTH, fusion_k: float = DEFAULT_K,
                  fusion_weights: Sequence[float] | None = None, device: str | None = None,
                  max_length: int | None = None, analyzer: str | None = None,
-                 modules: Sequence | Mapping | None = None, module_density: float | None = None,
+                 modules: Sequence | Mapping | str | None = "auto", module_density: float | None = None,
                  module_rank: int | None = None):
         from rerank.indexes.bm25 import BM25Index
         from rerank.indexes.dense import dense_path
@@ -92,6 +98,16 @@ class Pipeline:
         self._model, self._dense_model = model, dense_model
         self._dense = None
         self._reranker = None
+        self._auto_fingerprint = None  # modules="auto": the backbone whose shipped modules are stacked
+        if isinstance(modules, str) and modules == "auto":
+            modules = None
+            if reranker in ("auto", "cross"):
+                from rerank.modules.catalog import default_stack
+                from rerank.scoring.encoder import resolve
+
+                info = resolve(model)
+                if not info.has_head and default_stack(None, info.fingerprint):
+                    self._auto_fingerprint = info.fingerprint
         self.modules = _module_map(modules)
         self.module_density = module_density
         self.module_rank = module_rank
@@ -113,9 +129,14 @@ class Pipeline:
     @property
     def reranker(self):
         if self._reranker is None and self.reranker_kind != "none":
+            from rerank.modules.format import has_head
             from rerank.scoring.reranker import Reranker
 
-            self._reranker = Reranker(self._model, self.reranker_kind, device=self.device, max_length=self.max_length)
+            heads = self._auto_fingerprint is not None or any(
+                has_head(p) for mods in self.modules.values() for p in mods
+            )
+            self._reranker = Reranker(self._model, self.reranker_kind, device=self.device, max_length=self.max_length,
+                                      head_from_module=heads)  # fmt: skip
         return self._reranker
 
     def _settle_auto_reranker(self) -> None:
@@ -217,10 +238,15 @@ class Pipeline:
         return {q.query_id: final[q.query_id] for q in queries}, first
 
     def modules_for(self, lang: str | None) -> tuple:
-        """The module folders stacked for queries in ``lang`` (``"*"`` entries serve every language)."""
+        """The module folders stacked for queries in ``lang`` (``"*"`` entries serve every language; with
+        ``modules="auto"``, the shipped modules :func:`rerank.modules.catalog.default_stack` picks)."""
         from rerank import languages
 
         code = languages.code(lang) if lang else ""
+        if self._auto_fingerprint is not None and code not in self.modules:
+            from rerank.modules.catalog import default_stack
+
+            self.modules[code] = tuple(str(p) for p in default_stack(code, self._auto_fingerprint))
         return tuple(self.modules.get(code, self.modules.get("*", ())))
 
     @property

@@ -40,9 +40,10 @@ def search(
         typer.Option(
             "--modules",
             help="Module folders stacked into the reranker, comma-separated (lang + task). Language modules of "
-            "several languages: each serves the queries of its own language.",
+            "several languages: each serves the queries of its own language. auto: the shipped modules (the "
+            "query language's + the task module) when they exist for the backbone; none: no modules.",
         ),
-    ] = None,
+    ] = "auto",
     module_density: Annotated[
         str | None, typer.Option("--module-density", help="Keep this much of each sparse module, e.g. 0.5%.")
     ] = None,
@@ -114,7 +115,7 @@ def search(
         device=device,
         max_length=max_length,
         analyzer=analyzer,
-        modules=[m for m in modules.split(",") if m.strip()] if modules else None,
+        modules=_modules(modules),
         module_density=parse_density(module_density) if module_density else None,
         module_rank=module_rank,
     )
@@ -126,6 +127,8 @@ def search(
                 f"note: {code} queries over {pipe.doc_lang} documents: BM25 only matches words the two "
                 "languages share (names, numbers); a dense or hybrid first stage is needed across languages"
             )
+        if pipe.reranker_kind != "none" and not quiet:
+            _say_modules(pipe, queries)
         final, first = pipe.run(queries, k=k, progress=not quiet and query is None, threads=threads)
         if query is not None and output is None:
             _table(pipe, query, final["q1"], first["q1"], system)
@@ -142,6 +145,32 @@ def search(
             sys.stdout.writelines(format_run_lines(flat, tag))
     finally:
         pipe.close()
+
+
+def _modules(text: str | None):
+    if text is None or text.strip().lower() == "none":
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    return [m for m in text.split(",") if m.strip()] or None
+
+
+def _say_modules(pipe, queries) -> None:
+    """One line per query language on stderr: which modules the reranker stacks."""
+    langs = dict.fromkeys(q.lang for q in queries)
+    for lang in langs:
+        mods = pipe.modules_for(lang)
+        if mods:
+            names = " + ".join(_short(m) for m in mods)
+            err.print(f"modules{f' for {lang} queries' if lang else ''}: {names}")
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
 
 
 def _weights(text: str | None) -> tuple[float, float] | None:

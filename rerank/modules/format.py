@@ -333,6 +333,20 @@ def quantize_module(module: Module, bits: int, block: int | None = None) -> Modu
     return Module(cfg, entries, dict(module.extras), None, packed, lora, weights)
 
 
+def has_head(module) -> bool:
+    """Whether a module (folder or :class:`Module`) carries a ranking head (``extra.classifier.*``). A folder's
+    weights file is not read, only its header; an unreadable folder says no (loading it reports why)."""
+    if isinstance(module, Module):
+        return any(n.startswith("classifier.") for n in module.extras)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(Path(module) / WEIGHTS_FILE), framework="pt") as f:
+            return any(k.startswith("extra.classifier.") for k in f.keys())
+    except Exception:  # noqa: BLE001 - a missing or damaged file is reported when the module is loaded
+        return False
+
+
 def module_size(path: str | os.PathLike) -> int:
     """Bytes on disk of a module folder."""
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())

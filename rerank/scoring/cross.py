@@ -31,10 +31,16 @@ class CrossEncoder:
     kind = "cross"
 
     def __init__(
-        self, model=None, *, device: str | None = None, max_length: int = DEFAULT_MAX_LENGTH, max_tokens: int = 2048
-    ):
+        self, model=None, *, device: str | None = None, max_length: int = DEFAULT_MAX_LENGTH, max_tokens: int = 2048,
+        head_from_module: bool = False,
+    ):  # fmt: skip
+        """``head_from_module``: a backbone without a ranking head is given one whose values a task module
+        brings (stacked through :class:`rerank.modules.ComposedModel`); :meth:`predict` refuses to score
+        until one is stacked."""
         self.info = resolve(model)
-        if not self.info.has_head:
+        self.head_from_module = head_from_module and not self.info.has_head
+        self.head_ready = lambda: True  # the Reranker replaces this when the head comes from a module
+        if not self.info.has_head and not head_from_module:
             raise RerankError(
                 f"{self.info.path} has no ranking head (a sequence-classification head with one output)",
                 hint="use --reranker bi, or a cross-encoder folder (a transformers sequence-classification model with "
@@ -42,7 +48,10 @@ class CrossEncoder:
             )
         self.device = pick_device(device)
         self.tokenizer = load_tokenizer(self.info.path)
-        self.model = load_weights(self.info.path, head=True, device=self.device)
+        self.model = load_weights(self.info.path, head=True, device=self.device, new_head=self.head_from_module)
+        from rerank.scoring import listhead
+
+        self.list_head = listhead.attach(self.model)  # inactive (zero) until a task module writes one in
         self.max_length = min(max_length, self.info.max_length)
         self.max_tokens = max_tokens
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -90,12 +99,19 @@ class CrossEncoder:
         scores = np.zeros(len(pairs), dtype=np.float32)
         if not pairs:
             return scores
+        if not self.head_ready():
+            raise RerankError(
+                f"{self.info.path} has no ranking head of its own and no task module is stacked to bring one",
+                hint="stack a task module (rerank train task makes one) or use the bi-encoder",
+            )
         ids, types, cut = self.encode_pairs(pairs)
         if cut:
             warn(
                 f"{cut} queries are longer than the cross-encoder's {self.max_length} tokens allow; "
                 "they were truncated"
             )
+        list_aware = self.list_head is not None and self.list_head.active()
+        vectors = None
         with (
             torch.inference_mode(),
             tqdm(
@@ -112,10 +128,33 @@ class CrossEncoder:
                     inputs["token_type_ids"] = torch.from_numpy(pad_batch([types[i] for i in batch], 0)[0]).to(
                         self.device
                     )
-                logits = self.model(**inputs).logits
-                scores[batch] = logits[:, 0].float().cpu().numpy()
+                if list_aware:  # pooled vectors first; the list head needs each query's whole list
+                    from rerank.scoring.listhead import pooled
+
+                    got = pooled(self.model, inputs)
+                    if vectors is None:
+                        vectors = got.new_zeros((len(pairs), got.shape[1]))
+                    vectors[torch.as_tensor(batch, device=got.device)] = got
+                else:
+                    logits = self.model(**inputs).logits
+                    scores[batch] = logits[:, 0].float().cpu().numpy()
                 bar.update(len(batch))
+            if list_aware:
+                from rerank.scoring.listhead import classify
+
+                scores[:] = classify(self.model, vectors, _runs([q for q, _ in pairs])).float().cpu().numpy()
         return scores
+
+
+def _runs(keys: Sequence[str]) -> list[int]:
+    """Lengths of the runs of equal consecutive keys: the candidate lists of consecutive queries."""
+    sizes: list[int] = []
+    for i, key in enumerate(keys):
+        if i and key == keys[i - 1]:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+    return sizes
 
 
 def init_cross_encoder(backbone, out: str | Path, *, seed: int = 0, overwrite: bool = False) -> Path:

@@ -22,21 +22,33 @@ KINDS = ("auto", "bi", "cross")
 class Reranker:
     """Scores query–document pairs with a cross-encoder (a backbone folder with a ranking head) or,
     for a plain backbone, with the bi-encoder (cosine of embeddings). ``kind="auto"`` picks the
-    cross-encoder when the folder has a head. ``model=None`` is the embedded multilingual-e5-small."""
+    cross-encoder when the folder has a head — or when a task module brings one (``modules``, or
+    ``head_from_module=True`` when modules are stacked later). ``model=None`` is the embedded
+    multilingual-e5-small."""
 
     def __init__(
         self, model=None, kind: str = "auto", *, device: str | None = None, max_length: int | None = None,
         modules: Sequence | None = None, module_density: float | None = None, module_rank: int | None = None,
+        head_from_module: bool | None = None,
     ):  # fmt: skip
+        from rerank.modules.format import has_head
+
         if kind not in KINDS:
             raise RerankError(f"unknown reranker {kind!r}", hint="use bi, cross or auto")
         info = resolve(model)
+        if head_from_module is None:
+            head_from_module = any(has_head(m) for m in modules or ())
         if kind == "auto":
-            kind = "cross" if info.has_head else "bi"
+            kind = "cross" if info.has_head or head_from_module else "bi"
         if kind == "cross":
             from rerank.scoring.cross import DEFAULT_MAX_LENGTH, CrossEncoder
 
-            self.scorer = CrossEncoder(info, device=device, max_length=max_length or DEFAULT_MAX_LENGTH)
+            self.scorer = CrossEncoder(info, device=device, max_length=max_length or DEFAULT_MAX_LENGTH,
+                                       head_from_module=head_from_module)  # fmt: skip
+            if self.scorer.head_from_module:
+                self.scorer.head_ready = lambda: self._composer is not None and any(
+                    has_head(m) for m in self._composer.active
+                )
         else:
             from rerank.scoring.encoder import BiEncoder
 

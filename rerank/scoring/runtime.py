@@ -59,14 +59,15 @@ def load_tokenizer(path: Path):
         hf_logging.set_verbosity(verbosity)
 
 
-def load_weights(path: Path, head: bool, device):
+def load_weights(path: Path, head: bool, device, new_head: bool = False):
     """The encoder (``head=False``: no pooler, no task head) or the sequence-classification model with
-    one output (``head=True``), fp32, in eval mode, on ``device``. Only safetensors are read."""
+    one output (``head=True``), fp32, in eval mode, on ``device``. Only safetensors are read.
+    ``new_head``: the folder has no ranking head; make one (random: a task module brings its values)."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    cfg = AutoConfig.from_pretrained(str(path), local_files_only=True, **({"num_labels": 1} if new_head else {}))
     kwargs = dict(local_files_only=True, use_safetensors=True, torch_dtype=torch.float32, attn_implementation="sdpa")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "some weights were not used" for the head we drop is expected
@@ -77,7 +78,7 @@ def load_weights(path: Path, head: bool, device):
                     f"{path} has a classification head with {cfg.num_labels} outputs; a ranking head has one",
                     hint="use a cross-encoder folder with num_labels=1",
                 )
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(str(path), config=cfg, **kwargs)
         else:
             extra = {"add_pooling_layer": False} if cfg.model_type in ("bert", "xlm-roberta", "roberta") else {}
             model = AutoModel.from_pretrained(str(path), **kwargs, **extra)

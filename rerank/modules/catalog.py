@@ -1,0 +1,80 @@
+"""The modules shipped with the product (top-level ``modules/``) and the default stack for a query language.
+
+``rerank search --lang ky`` (and ``Pipeline(modules="auto")``) stacks, for each query language:
+
+* the task module (role ``task``, with its ranking head) made for the reranker's backbone — with several,
+  the first by folder name;
+* the query language's module (role ``language``), preferring the kind of the language module the task
+  module was trained on. A language without a module gets the task module's own source-language module
+  instead: the task module then runs in the setting it was trained in (Litschko et al. 2022 stack the
+  task module with the target language's module, the source language's one only for training).
+
+Only modules whose base fingerprint is the backbone's are considered, so a shipped module never reaches
+another backbone. The folder is ``$RERANK_MODULES`` when set, else the ``modules/`` folder beside the
+package (a source checkout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rerank.modules.format import CONFIG_FILE
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    kind: str
+    role: str
+    language: str
+    fingerprint: str
+    trained_on: str | None  # task modules: the kind of the language module below it in training
+
+
+def modules_home() -> Path | None:
+    """Where the shipped modules are: ``$RERANK_MODULES``, else ``<checkout>/modules``; None when absent."""
+    env = os.environ.get("RERANK_MODULES", "").strip()
+    home = Path(env) if env else Path(__file__).resolve().parents[2] / "modules"
+    return home if home.is_dir() else None
+
+
+def catalog(home: str | os.PathLike | None = None) -> list[Entry]:
+    """Every module folder directly under ``home`` (default :func:`modules_home`), sorted by name.
+    Folders whose config cannot be read are skipped (``rerank modules info`` says what is wrong)."""
+    root = Path(home) if home is not None else modules_home()
+    if root is None or not root.is_dir():
+        return []
+    out = []
+    for folder in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
+        try:
+            raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+            below = (raw.get("recipe") or {}).get("language_module") or {}
+            out.append(Entry(folder, str(raw["kind"]), str(raw["role"]), str(raw.get("language") or ""),
+                             str(raw["base_fingerprint"]), below.get("kind")))  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return out
+
+
+def default_stack(lang: str | None, fingerprint: str, home: str | os.PathLike | None = None) -> tuple[Path, ...]:
+    """The shipped modules stacked for queries in ``lang`` on the backbone ``fingerprint``: (language
+    module, task module), or () when no task module is made for this backbone."""
+    from rerank import languages
+
+    mine = [e for e in catalog(home) if e.fingerprint == fingerprint]
+    tasks = [e for e in mine if e.role == "task"]
+    if not tasks:
+        return ()
+    task = tasks[0]
+    langs = [e for e in mine if e.role == "language"]
+
+    def pick(code: str) -> Entry | None:
+        found = [e for e in langs if e.language == code]
+        return next((e for e in found if e.kind == task.trained_on), found[0] if found else None)
+
+    code = languages.code(lang) if lang else ""
+    chosen = (pick(code) if code else None) or (pick(task.language) if task.trained_on else None)
+    return (chosen.path, task.path) if chosen else (task.path,)

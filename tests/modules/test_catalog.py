@@ -1,0 +1,112 @@
+"""Shipped modules: which are stacked by default for a query language, and a cross-encoder whose ranking
+head comes from the task module (the embedded backbone ships none)."""
+
+import numpy as np
+import pytest
+import torch
+
+from rerank.errors import RerankError
+from tests.modules.test_compose import random_module
+from tests.modules.test_kinds import random_lora
+
+
+def task_module(cm, seed=9, trained_on="shira"):
+    """A LoRA task module with a whole ranking head (pooler + classifier), trained on an en language module."""
+    m = random_lora(cm, seed, role="task", lang="en", rank=4, head=True)
+    g = torch.Generator().manual_seed(seed)
+    m.extras |= {n: torch.randn(p.shape, generator=g) * 0.1 for n, p in cm.heads.items() if n.startswith("pooler")}
+    m.config.recipe = {"language_module": {"kind": trained_on}}
+    return m
+
+
+@pytest.fixture(scope="module")
+def shipped(tiny_bert, tmp_path_factory):
+    """A modules/ folder for the tiny backbone: en, ky (shira) and ky (lora) language modules, one task module,
+    and a module for another backbone."""
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import save_module
+    from rerank.scoring.runtime import load_weights
+
+    home = tmp_path_factory.mktemp("modules")
+    cm = ComposedModel(load_weights(tiny_bert, head=True, device=torch.device("cpu"), new_head=True))
+    save_module(random_module(cm, 1, lang="en", density=0.1), home / "en-lang-shira")
+    save_module(random_module(cm, 2, lang="ky", density=0.1), home / "ky-lang-shira")
+    save_module(random_lora(cm, 3, role="language", lang="ky"), home / "ky-lang-lora")
+    save_module(task_module(cm), home / "en-task-lora")
+    other = random_module(cm, 4, lang="ug", density=0.1)
+    other.config.base_fingerprint = "sha256:" + "0" * 64
+    save_module(other, home / "ug-lang-other")
+    (home / "README.md").write_text("not a module\n")
+    return home
+
+
+def test_the_default_stack_is_the_query_languages_module_and_the_task_module(shipped, tiny_bert):
+    from rerank.backbone import resolve_model
+    from rerank.modules.catalog import catalog, default_stack
+
+    fp = resolve_model(tiny_bert).fingerprint
+    assert [e.path.name for e in catalog(shipped)] == sorted(p.name for p in shipped.iterdir() if p.is_dir())
+    task = shipped / "en-task-lora"
+    # the kind the task module was trained on is preferred (shira over lora for ky)
+    assert default_stack("ky", fp, shipped) == (shipped / "ky-lang-shira", task)
+    assert default_stack("Kyrgyz", fp, shipped) == default_stack("kir", fp, shipped)
+    # no Uyghur module for this backbone (the one there is for another): the task module's source language's
+    assert default_stack("ug", fp, shipped) == (shipped / "en-lang-shira", task)
+    assert default_stack(None, fp, shipped) == (shipped / "en-lang-shira", task)
+    assert default_stack("ky", "sha256:" + "1" * 64, shipped) == ()
+
+
+def test_a_task_module_gives_a_headless_backbone_its_ranking_head(shipped, tiny_bert, tiny_cross):
+    from rerank import Reranker
+
+    pairs = [("right to education", "Everyone has the right to education."), ("slavery", "No one shall be held.")]
+    mods = [shipped / "ky-lang-shira", shipped / "en-task-lora"]
+    rr = Reranker(tiny_bert, modules=mods)
+    assert rr.kind == "cross"
+    # the module writes the whole head: the same scores as a cross-encoder folder with any head of its own
+    np.testing.assert_allclose(rr.predict(pairs), Reranker(tiny_cross, modules=mods).predict(pairs), rtol=0, atol=1e-6)
+    rr.use_modules([])
+    with pytest.raises(RerankError, match="no ranking head of its own and no task module is stacked"):
+        rr.predict(pairs)
+    rr.use_modules([shipped / "ky-lang-shira"])  # a language module alone brings no head
+    with pytest.raises(RerankError, match="no task module is stacked"):
+        rr.predict(pairs)
+    assert Reranker(tiny_bert).kind == "bi"
+    with pytest.raises(RerankError, match="has no ranking head"):
+        Reranker(tiny_bert, kind="cross")
+
+
+@pytest.mark.java
+def test_search_stacks_the_shipped_modules_by_default(shipped, tiny_dense_index, tiny_bert, monkeypatch, capsys):
+    from rerank.cli.main import main
+    from rerank.pipeline import Pipeline
+    from rerank.types import Query
+
+    monkeypatch.setenv("RERANK_MODULES", str(shipped))
+    qs = [Query("q1", "Everyone has the right to education", "ky"), Query("q2", "freedom of movement", "ug")]
+    kw = dict(first_stage="bm25", model=tiny_bert, depth=10)
+    with Pipeline(tiny_dense_index, **kw) as p:
+        assert p.reranker_kind == "cross"
+        auto = p.batch_search(qs, k=10)
+        assert p.modules_for("ky") == (str(shipped / "ky-lang-shira"), str(shipped / "en-task-lora"))
+    explicit = {"ky": [shipped / "ky-lang-shira", shipped / "en-task-lora"],
+                "ug": [shipped / "en-lang-shira", shipped / "en-task-lora"]}  # fmt: skip
+    with Pipeline(tiny_dense_index, modules=explicit, **kw) as p:
+        assert p.batch_search(qs, k=10) == auto
+    with Pipeline(tiny_dense_index, modules=None, **kw) as p:
+        assert p.reranker_kind == "bi"  # nothing stacked: the plain backbone's bi-encoder
+    with Pipeline(tiny_dense_index, reranker="bi", **kw) as p:
+        assert p.modules_for("ky") == ()  # a forced bi-encoder gets no shipped task module
+
+    def search(*extra):
+        with pytest.raises(SystemExit) as e:
+            main(["search", "--index", str(tiny_dense_index), "--first-stage", "bm25", "--model", str(tiny_bert),
+                  "--lang", "ky", "right to education", "-k", "3", *extra])  # fmt: skip
+        cap = capsys.readouterr()
+        assert e.value.code == 0, cap.err
+        return cap
+
+    cap = search()
+    assert "bm25+cross" in cap.out and "modules for ky queries:" in cap.err and "ky-lang-shira" in cap.err
+    cap = search("--modules", "none")
+    assert "bm25+bi" in cap.out and "modules" not in cap.err
