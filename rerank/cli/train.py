@@ -122,6 +122,9 @@ def task(
     rank: Annotated[int, typer.Option("--rank", min=1, help="lora: rank.")] = 8,
     reduction: Annotated[int, typer.Option("--reduction", min=1, help="adapter: bottleneck reduction.")] = 16,
     mask: Annotated[str, typer.Option("--mask", help="shira: random | magnitude | gradient.")] = "gradient",
+    list_head: Annotated[
+        bool, typer.Option("--list-head", help="Add the list-aware head: attention over the candidate list.")
+    ] = False,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Optimizer steps.")] = 500,
     batch_queries: Annotated[int, typer.Option("--batch-queries", min=1, help="Queries per step.")] = 4,
     negatives: Annotated[int, typer.Option("--negatives", min=1, help="Negatives per query.")] = 7,
@@ -152,7 +155,8 @@ def task(
         warn("no --lang-module: the task module learns on the bare backbone (the paper stacks it on one)")
     cfg = TaskConfig(kind=kind, loss=loss, density=parse_density(density), rank=rank, reduction=reduction, mask=mask,
                      max_steps=max_steps, batch_queries=batch_queries, negatives=negatives, max_length=max_length,
-                     lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed)  # fmt: skip
+                     lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed,
+                     list_head=list_head)  # fmt: skip
     m = train_task_module(pairs_file, out_dir, cfg, source_lang=source_lang, lang_module=lang_module, model=model,
                           overwrite=overwrite, progress=not quiet)  # fmt: skip
     r = m.config.recipe

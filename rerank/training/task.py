@@ -52,6 +52,7 @@ class TaskConfig:
     grad_accum: int = 1
     seed: int = 0
     embeddings: bool = False
+    list_head: bool = False  # the list-aware head (rerank.scoring.listhead) on top of the plain one
 
 
 def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -64,8 +65,10 @@ def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return train, dev
 
 
-def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int) -> tuple[torch.Tensor, int]:
-    """Logits (len(rows), 1 + negatives) of each query against its positive and negatives."""
+def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
+                 list_head: bool = False) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """Logits (len(rows), 1 + negatives) of each query against its positive and negatives (``list_head``:
+    through the list-aware head, each group being one candidate list)."""
     firsts, seconds = [], []
     for r in rows:
         docs = [r["positive"]["text"], *(n["text"] for n in r["negatives"][:negatives])]
@@ -73,8 +76,13 @@ def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int) 
         firsts += [r["query"]] * len(docs)
         seconds += docs
     enc = tok(firsts, seconds, truncation="only_second", max_length=max_length, padding=True, return_tensors="pt")
-    out = model(**enc).logits.view(len(rows), 1 + negatives)
-    return out, int(enc["attention_mask"].sum())
+    if list_head:
+        from rerank.scoring.listhead import classify, pooled
+
+        logits = classify(model, pooled(model, dict(enc)), [1 + negatives] * len(rows), use_list=True)
+    else:
+        logits = model(**enc).logits[:, 0]
+    return logits.view(len(rows), 1 + negatives), int(enc["attention_mask"].sum())
 
 
 def ranking_loss(scores: torch.Tensor, loss: str, teacher: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,7 +160,14 @@ def train_task_module(
         composer.apply([lang_module])
         below = tuple(composer._slots.values())
         lang_record = {"path": str(Path(lang_module).resolve()), "kind": lm.config.kind, "key": lm.content_key[:16]}
-    head = {n: p for n, p in net.named_parameters() if _strip(n).startswith(("pooler.", "classifier."))}
+    if cfg.list_head:
+        from rerank.scoring.listhead import attach
+
+        if attach(net) is None:
+            raise RerankError("--list-head needs a BERT-style model (a pooler, then a linear classifier)",
+                              hint="train without --list-head")  # fmt: skip
+    parts = ("pooler.", "classifier.", "list_head.") if cfg.list_head else ("pooler.", "classifier.")
+    head = {n: p for n, p in net.named_parameters() if _strip(n).startswith(parts)}
     per = max(1, len(train_rows) // cfg.batch_queries)
     orders: dict[int, list[int]] = {}
 
@@ -167,7 +182,7 @@ def train_task_module(
 
     def step_loss(i: int, extra=None):
         b = batch(i)
-        scores, tokens = group_scores(net, tok, b, cfg.negatives, cfg.max_length)
+        scores, tokens = group_scores(net, tok, b, cfg.negatives, cfg.max_length, cfg.list_head)
         teacher = None
         if cfg.loss == "margin-mse":
             teacher = torch.tensor([(r["teacher"] + [r["teacher"][-1]] * 64)[: 1 + cfg.negatives] for r in b])
@@ -181,7 +196,7 @@ def train_task_module(
         rr = []
         with torch.no_grad():
             for j in range(0, len(dev_rows), 4):
-                scores, _ = group_scores(net, tok, dev_rows[j : j + 4], cfg.negatives, cfg.max_length)
+                scores, _ = group_scores(net, tok, dev_rows[j : j + 4], cfg.negatives, cfg.max_length, cfg.list_head)
                 rank = 1 + (scores[:, 1:] > scores[:, :1]).sum(dim=1)
                 rr += (1.0 / rank.float()).tolist()
         net.train()
@@ -197,6 +212,7 @@ def train_task_module(
     recipe = {"objective": f"ranking, {cfg.loss} loss", "kind": cfg.kind, "loss": cfg.loss, "lr": lr,
               "max_steps": cfg.max_steps, "batch_queries": cfg.batch_queries, "negatives": cfg.negatives,
               "max_length": cfg.max_length, "seed": cfg.seed, "language_module": lang_record,
+              "head": "list-aware (attention over the candidate list)" if cfg.list_head else "plain",
               "dev_mrr_before": round(mrr_before, 4)}  # fmt: skip
     dev = lambda: 1.0 - dev_mrr()  # noqa: E731 - the loop minimises
     lang_cfg = _as_lang_cfg(cfg)

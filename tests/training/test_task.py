@@ -3,6 +3,7 @@ tiny random cross-encoder on top of a frozen language module, in every kind and 
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,3 +103,38 @@ def test_bad_task_input(pairs_file, tiny_bert, tmp_path, capsys):
     assert code == 2 and "would not fit here" in err
     code, out, err = run("train", "pairs", "--docs", tmp_path / "nope.jsonl", "--out", tmp_path / "p.jsonl")
     assert code == 2 and "nope.jsonl" in err and "Traceback" not in err
+
+
+def test_the_list_aware_head_trains_and_scores_each_candidate_in_the_context_of_its_list(pairs_file, tiny_bert,
+                                                                                        tmp_path):  # fmt: skip
+    from rerank import Reranker
+    from rerank.scoring.cross import init_cross_encoder
+    from rerank.scoring.listhead import ListHead
+    from rerank.training.task import TaskConfig, train_task_module
+
+    cross = init_cross_encoder(tiny_bert, tmp_path / "ce", seed=0)
+    cfg = TaskConfig(kind="shira", loss="listwise", max_steps=4, batch_queries=2, negatives=3, max_length=64,
+                     eval_every=2, list_head=True, lr=1e-2)  # fmt: skip
+    m = train_task_module(pairs_file, tmp_path / "task", cfg, model=tiny_bert, progress=False)
+    assert {"list_head.q.weight", "list_head.out.weight"} <= set(m.extras) and m.extras["list_head.out.weight"].any()
+    assert m.config.recipe["head"].startswith("list-aware")
+    q = "right to education"
+    docs = ["Everyone has the right to education.", "No one shall be held in slavery.", "The right to life."]
+    plain = Reranker(cross)
+    assert not plain.scorer.list_head.active()  # attached, but zero: the plain head, exactly
+    rr = Reranker(cross, modules=[tmp_path / "task"])
+    together = rr.predict([(q, d) for d in docs])
+    alone = np.array([rr.predict([(q, d)])[0] for d in docs])
+    assert not np.allclose(together, alone)  # a candidate's score depends on the others in its list
+    # by hand: pooled [CLS] vectors, attention over the list, then the classifier
+    model = rr.scorer.model
+    enc = rr.scorer.tokenizer([q] * 3, docs, return_tensors="pt", padding=True)
+    head = ListHead(model.config.hidden_size)
+    head.load_state_dict({k.removeprefix("list_head."): v for k, v in m.extras.items() if k.startswith("list_head.")})
+    with torch.no_grad():
+        p = model.bert(**enc).pooler_output
+        mixed = p + head.out(torch.softmax(head.q(p) @ head.k(p).T / 8.0, -1) @ head.v(p))
+        expect = model.classifier(mixed)[:, 0].numpy()
+    np.testing.assert_allclose(together, expect, rtol=0, atol=1e-5)
+    rr.use_modules([])
+    assert not rr.scorer.list_head.active()  # reverted with the rest of the head
