@@ -9,8 +9,11 @@ are available offline here).
 
 and takes hard negatives from BM25 over the same collection (the top hits that are not the positive or
 from its page, nor documents containing the query verbatim). Positives and negatives are both body text
-without titles, so nothing but relevance tells them apart. With ``teacher``, the bi-encoder scores every
-(query, document) so a task module can be trained by distillation (margin-MSE).
+without titles, and a negative longer than its positive is cut to a window of whole sentences of about
+the positive's length (BM25's top hits run long: on LibreOffice's help, median 137 tokens against the
+positives' 45), so that neither form nor length, only relevance, tells them apart. With ``teacher``,
+the bi-encoder scores every (query, document) so a task module can be trained by distillation
+(margin-MSE).
 
 The JSONL written (one training query a line)::
 
@@ -47,6 +50,28 @@ def _pseudo_query(doc, method: str, rng: random.Random) -> tuple[str, str] | Non
     keep = rng.random() < ICT_KEEP  # as Lee et al. do: sometimes the sentence stays, so word overlap still counts
     rest = " ".join(s for j, s in enumerate(sentences) if j != i or keep)
     return sentences[i], rest
+
+
+def crop(text: str, target: int, rng: random.Random) -> str:
+    """A window of whole sentences of ``text`` about ``target`` characters long (the text itself when it is
+    not much longer): it starts at a random sentence and takes sentences until it reaches 80% of
+    ``target`` (earlier ones too, when the text ends first). Text without sentence breaks is cut at a word
+    boundary. Always a substring of ``text``."""
+    if len(text) <= target * 1.25:
+        return text
+    starts = [0] + [m.end() for m in _SENTENCE_END.finditer(text)]
+    ends = [m.start() for m in _SENTENCE_END.finditer(text)] + [len(text)]
+    i = rng.randrange(len(starts))
+    j = i
+    while j + 1 < len(ends) and ends[j] - starts[i] < target * 0.8:
+        j += 1
+    while i > 0 and ends[j] - starts[i] < target * 0.8:  # the text ended first: reach back
+        i -= 1
+    window = text[starts[i] : ends[j]]
+    if len(window) > target * 1.5:  # one very long sentence: cut it at a word
+        cut = window.rfind(" ", 0, int(target * 1.25))
+        window = window[: cut if cut > 0 else int(target * 1.25)]
+    return window
 
 
 def make_pairs(
@@ -100,8 +125,8 @@ def make_pairs(
                 "positive": {"id": d.doc_id, "text": positive},
                 # negatives are formatted like the positive (body text, no title): a title holding the query
                 # would teach "the query's words mean not relevant"
-                "negatives": [{"id": n.doc_id, "text": by_id[n.doc_id].text, "bm25": round(n.score, 4)}
-                              for n in negs],
+                "negatives": [{"id": n.doc_id, "text": crop(by_id[n.doc_id].text, len(positive), rng),
+                               "bm25": round(n.score, 4)} for n in negs],
             })  # fmt: skip
             if max_queries and len(rows) >= max_queries:
                 break
@@ -119,6 +144,7 @@ def make_pairs(
     facts = {
         "source": str(Path(docs_path).resolve()), "method": method, "lang": code, "queries": len(rows),
         "negatives_per_query": negatives, "negatives_from": "BM25 top hits over the same collection",
+        "negatives_cut": "to a window of whole sentences of about the positive's length, when longer",
         "documents": len(docs), "skipped_documents": skipped, "teacher": "bi-encoder (e5-small)" if teacher else None,
         "seed": seed,
     }  # fmt: skip

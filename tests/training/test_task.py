@@ -28,18 +28,36 @@ def test_pairs_are_real_queries_with_bm25_negatives(pairs_file, udhr_dir):
 
     docs = {d.doc_id: d for d in read_docs(udhr_dir / "docs.en.jsonl")}
     rows = read_pairs(pairs_file)
-    held_out = 0
+    held_out, lengths = 0, []
     for r in rows:
         pos = docs[r["positive"]["id"]]
         assert r["query"] in pos.text
         held_out += r["query"] not in r["positive"]["text"]  # ICT: the sentence is held out (90% of the time)
         assert len(r["negatives"]) == 3 and all(n["id"] != pos.doc_id for n in r["negatives"])
         assert r["negatives"][0]["bm25"] >= r["negatives"][-1]["bm25"]
-        # formatted alike: body text, no title, and no negative contains the query
-        assert all(n["text"] == docs[n["id"]].text and r["query"] not in n["text"] for n in r["negatives"])
+        # formatted alike: body text, no title, about the positive's length, and no negative contains the query
+        for n in r["negatives"]:
+            assert n["text"] in docs[n["id"]].text and r["query"] not in n["text"]
+            assert n["text"] == docs[n["id"]].text or len(n["text"]) <= 1.5 * len(r["positive"]["text"])
+            lengths.append(len(n["text"]) / len(r["positive"]["text"]))
     assert held_out >= len(rows) * 0.7
+    assert 0.6 < np.median(lengths) < 1.5  # length tells nothing: negatives are about as long as positives
     how = json.loads(pairs_file.with_name("train.jsonl.json").read_text())
     assert how["method"] == "ict" and how["negatives_from"].startswith("BM25")
+
+
+def test_a_cropped_negative_is_a_window_of_whole_sentences():
+    import random
+
+    from rerank.training.pairs import crop
+
+    text = " ".join(f"Sentence number {i} says something rather long about topic {i}." for i in range(40))
+    for seed in range(20):
+        w = crop(text, 150, random.Random(seed))
+        assert w in text and w.startswith("Sentence number") and w.endswith(".") and 120 <= len(w) <= 225
+    assert crop("short text. two.", 150, random.Random(0)) == "short text. two."
+    long_one = "word " * 200
+    assert len(crop(long_one, 100, random.Random(0))) <= 125
 
 
 @pytest.mark.parametrize(("kind", "loss"), [("shira", "listwise"), ("lora", "pairwise"), ("sft", "pointwise"),
