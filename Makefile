@@ -13,7 +13,7 @@ LANGS   := en de ru ky
 INDEXES := $(foreach l,$(LANGS),indexes/udhr-$(l)/rerank-index.json)
 Q       = $$(cut -f2 data/udhr/topics.$(1).tsv | sed -n $(2)p)
 
-.PHONY: install data indexes demo test lint bench clean browser grid train-data train-text
+.PHONY: install data indexes demo test lint bench clean browser grid train-data train-text modules modules-train
 
 install: $(STAMP)
 
@@ -80,6 +80,53 @@ data/lohelp/docs.en.jsonl: $(STAMP) .cache/deb/libreoffice-help-en-us/.extracted
 data/lohelp/docs.%.jsonl: $(STAMP) .cache/deb/libreoffice-help-%/.extracted .cache/deb/libreoffice-help-en-us/.extracted
 	$(BIN)/rerank collections build-lohelp --root $(call LOHELP_ROOT,$*,$*) --lang $* --out data/lohelp --overwrite \
 		--untranslated-from $(call LOHELP_ROOT,en-us,en-US)
+
+# Modules: `make modules-train KIND=shira` trains, into $(TRAINED)/, the language modules of the query languages
+# (ky ug tr en) and of the bundled documents' (de ru), then the English ranking task module on top of the frozen
+# English language module; `make modules` writes the shipped kind from there into modules/ at 8 bits (each takes
+# at most 30 minutes on a 2-core machine: modules/README.md has the times). Text: ../shared/data/mono (ky, ug),
+# LibreOffice's help (make train-text); UDHR, the evaluation collection, is never trained on.
+KIND       ?= shira
+SHIPPED    := shira
+TRAINED    ?= runs/modules
+MONO       := ../shared/data/mono
+TEXT_ky    := $(MONO)/ky.commonvoice.txt $(MONO)/ky.ud-ktmu.txt
+TEXT_ug    := $(MONO)/ug.ud-udt.txt
+TEXT_tr    := data/lohelp/docs.tr.jsonl
+TEXT_en    := data/lohelp/docs.en.jsonl
+TEXT_de    := data/lohelp/docs.de.jsonl
+TEXT_ru    := data/lohelp/docs.ru.jsonl
+MOD_LANGS  := ky ug tr en de ru
+LANG_ARGS  := --max-steps 250 --eval-every 50 --seq-len 128 --batch-size 16 --time-budget 28m
+TASK_ARGS  := --loss listwise --max-steps 200 --batch-queries 4 --negatives 7 --max-length 192 --eval-every 50 \
+	--time-budget 28m
+PAIRS      := runs/train/pairs.jsonl
+SHIP_MODS  := $(foreach l,$(MOD_LANGS),modules/$(l)-lang-$(SHIPPED)) modules/en-task-$(SHIPPED)
+
+# the other kinds (for the comparison in modules/README.md) only for the query languages
+modules-train: $(foreach l,$(if $(filter $(KIND),$(SHIPPED)),$(MOD_LANGS),ky ug tr en),\
+	$(TRAINED)/$(l)-lang-$(KIND)/module_config.json) \
+	$(TRAINED)/en-task-$(KIND)/module_config.json
+$(TRAINED)/%-lang-$(KIND)/module_config.json: | $(STAMP) train-text
+	mkdir -p $(TRAINED)
+	$(BIN)/rerank train lang --lang $* $(foreach f,$(TEXT_$*),--text $(f)) --kind $(KIND) $(LANG_ARGS) \
+		--out $(@D) --overwrite --quiet 2>&1 | tee $(@D).log
+$(TRAINED)/en-task-$(KIND)/module_config.json: $(TRAINED)/en-lang-$(KIND)/module_config.json $(PAIRS)
+	mkdir -p $(TRAINED)
+	$(BIN)/rerank train task --pairs $(PAIRS) --source-lang en --lang-module $(TRAINED)/en-lang-$(KIND) \
+		--kind $(KIND) $(TASK_ARGS) --out $(@D) --overwrite --quiet 2>&1 | tee $(@D).log
+# synthetic English relevance data: 3,000 inverse-cloze and 3,000 title queries, 7 BM25 negatives each
+$(PAIRS): | $(STAMP) train-data
+	mkdir -p $(@D)
+	$(BIN)/rerank train pairs --docs $(TEXT_en) --method ict --max-queries 3000 --out $(@D)/pairs.ict.jsonl \
+		--overwrite --quiet
+	$(BIN)/rerank train pairs --docs $(TEXT_en) --method title --max-queries 3000 --out $(@D)/pairs.title.jsonl \
+		--overwrite --quiet
+	cat $(@D)/pairs.ict.jsonl $(@D)/pairs.title.jsonl > $@.tmp && mv $@.tmp $@
+
+modules: $(foreach m,$(SHIP_MODS),$(m)/module_config.json)
+modules/%/module_config.json: $(TRAINED)/%/module_config.json
+	$(BIN)/rerank modules quantize $(TRAINED)/$* --bits 8 --out modules/$* --overwrite
 
 # Reports are checked in a real headless browser: Debian's chromium (installed when missing and run as root,
 # as CI is; elsewhere the browser tests say they were skipped and why).

@@ -19,7 +19,8 @@ A grid is a TOML file::
     name = "hybrid+bi"
     first_stage = "hybrid"                   # bm25 | dense | hybrid | auto
     reranker = "bi"                          # none | bi | cross | auto
-    # model = "path", modules = ["modules/ky-lang", …], module_density = "2%", module_rank = 8,
+    # model = "path", modules = ["modules/ky-lang", …] or "auto" (the shipped ones, as `rerank search` stacks
+    # them), module_density = "2%", module_rank = 8,
     # depth = 100, fusion_weights = [1.0, 1.0], requires = ["modules/en-task"]
 
 Runs are cached under ``<out>/runs/`` with a key over the system's settings, the topic file, the index
@@ -122,7 +123,8 @@ def load_grid(path: str | os.PathLike) -> Grid:
         for key in ("model", "dense_model"):
             if s.get(key):
                 s[key] = str(base / s[key])
-        s["modules"] = [str(base / m) for m in s.get("modules", [])]
+        if s.get("modules") != "auto":  # "auto": the shipped modules, as `rerank search` stacks them
+            s["modules"] = [str(base / m) for m in s.get("modules", [])]
         s["requires"] = [str(base / m) for m in s.get("requires", [])]
     return Grid(p, raw.get("title", p.stem), metrics, baseline, int(raw.get("k", 100)), raw.get("test", "t"),
                 float(raw.get("alpha", 0.05)), coll, systems)  # fmt: skip
@@ -147,9 +149,18 @@ def cache_key(system: dict, doc: str, query: str, topics: Path, index: Path, k: 
         "topics": hashlib.sha256(topics.read_bytes()).hexdigest(),
         "index": _file_key(index),
         "model": fingerprint(resolve_model(system.get("model")).path),
-        "modules": [_file_key(Path(m)) for m in system.get("modules", [])],
+        "modules": [_file_key(Path(m)) for m in _module_paths(system)],
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _module_paths(system: dict) -> list[Path]:
+    """The module folders a system stacks (for ``"auto"``: every shipped module)."""
+    if system.get("modules") == "auto":
+        from rerank.modules.catalog import catalog
+
+        return [e.path for e in catalog()]
+    return [Path(m) for m in system.get("modules", [])]
 
 
 def _ensure_index(index: Path, docs: Path, lang: str, progress: bool) -> None:
@@ -176,7 +187,7 @@ def run_grid(grid: Grid, out: str | os.PathLike, *, progress: bool = True) -> di
     c = grid.collection
     active = []
     for s in grid.systems:
-        missing = [r for r in s["requires"] + s["modules"] if not Path(r).exists()]
+        missing = [r for r in s["requires"] + [str(m) for m in _module_paths(s)] if not Path(r).exists()]
         if missing:
             grid.skipped[s["name"]] = f"needs {missing[0]} (not there yet)"
         else:

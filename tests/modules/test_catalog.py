@@ -110,3 +110,46 @@ def test_search_stacks_the_shipped_modules_by_default(shipped, tiny_dense_index,
     assert "bm25+cross" in cap.out and "modules for ky queries:" in cap.err and "ky-lang-shira" in cap.err
     cap = search("--modules", "none")
     assert "bm25+bi" in cap.out and "modules" not in cap.err
+
+
+@pytest.mark.java
+def test_a_grid_system_can_stack_the_shipped_modules(shipped, tiny_dense_index, tiny_bert, udhr_dir, tmp_path,
+                                                     monkeypatch):  # fmt: skip
+    from rerank.collections.topics import read_topics
+    from rerank.collections.trec import read_run
+    from rerank.eval.grid import load_grid, run_grid
+    from rerank.pipeline import Pipeline
+
+    monkeypatch.setenv("RERANK_MODULES", str(shipped))
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f"""
+baseline = "bm25"
+[collection]
+docs = "{udhr_dir}/docs.{{doc}}.jsonl"
+index = "{tiny_dense_index.parent}/udhr-{{doc}}"
+topics = "{udhr_dir}/topics.{{query}}.tsv"
+qrels = "{udhr_dir}/qrels.{{doc}}.txt"
+doc_langs = ["en"]
+query_langs = ["en"]
+[[systems]]
+name = "bm25"
+first_stage = "bm25"
+reranker = "none"
+[[systems]]
+name = "shipped"
+first_stage = "bm25"
+model = "{tiny_bert}"
+modules = "auto"
+depth = 10
+""", encoding="utf-8")  # fmt: skip
+    runs = run_grid(load_grid(grid), tmp_path / "out", progress=False)
+    got = read_run(runs[("en", "en")]["shipped"])
+    queries = read_topics(udhr_dir / "topics.en.tsv", lang="en")
+    with Pipeline(tiny_dense_index, first_stage="bm25", model=tiny_bert, depth=10) as p:
+        assert p.reranker_kind == "cross"
+        want = p.batch_search(queries, k=100)
+    with Pipeline(tiny_dense_index, first_stage="bm25", model=tiny_bert, depth=10, modules=None) as p:
+        plain = p.batch_search(queries, k=100)
+    pairs = [(s.query_id, s.doc_id) for s in got]
+    assert pairs == [(s.query_id, s.doc_id) for q in queries for s in want[q.query_id]]
+    assert pairs != [(s.query_id, s.doc_id) for q in queries for s in plain[q.query_id]]
