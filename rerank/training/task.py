@@ -66,23 +66,43 @@ def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
-                 list_head: bool = False) -> tuple[torch.Tensor, int]:  # fmt: skip
+                 list_head: bool = False, max_tokens: int = 2048) -> tuple[torch.Tensor, int]:  # fmt: skip
     """Logits (len(rows), 1 + negatives) of each query against its positive and negatives (``list_head``:
-    through the list-aware head, each group being one candidate list)."""
+    through the list-aware head, each group being one candidate list). The pairs run in length-sorted
+    micro-batches of at most ``max_tokens`` (padded to their own longest), not as one batch padded to the
+    longest pair: on LibreOffice's help that is about half the tokens."""
+    from rerank.scoring.batching import length_sorted_batches, pad_batch
+
     firsts, seconds = [], []
     for r in rows:
         docs = [r["positive"]["text"], *(n["text"] for n in r["negatives"][:negatives])]
         docs += [docs[-1]] * (1 + negatives - len(docs))  # a short group repeats its last negative
         firsts += [r["query"]] * len(docs)
         seconds += docs
-    enc = tok(firsts, seconds, truncation="only_second", max_length=max_length, padding=True, return_tensors="pt")
-    if list_head:
-        from rerank.scoring.listhead import classify, pooled
+    enc = tok(firsts, seconds, truncation="only_second", max_length=max_length)
+    ids, types = enc["input_ids"], enc.get("token_type_ids")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    parts, order = [], []
+    for batch in length_sorted_batches([len(x) for x in ids], max_tokens):
+        tok_ids, mask = pad_batch([ids[i] for i in batch], pad)
+        inputs = {"input_ids": torch.from_numpy(tok_ids), "attention_mask": torch.from_numpy(mask)}
+        if types is not None:
+            inputs["token_type_ids"] = torch.from_numpy(pad_batch([types[i] for i in batch], 0)[0])
+        if list_head:
+            from rerank.scoring.listhead import pooled
 
-        logits = classify(model, pooled(model, dict(enc)), [1 + negatives] * len(rows), use_list=True)
-    else:
-        logits = model(**enc).logits[:, 0]
-    return logits.view(len(rows), 1 + negatives), int(enc["attention_mask"].sum())
+            parts.append(pooled(model, inputs))
+        else:
+            parts.append(model(**inputs).logits[:, 0])
+        order.extend(batch.tolist())
+    where = torch.empty(len(order), dtype=torch.long)
+    where[torch.tensor(order)] = torch.arange(len(order))
+    out = torch.cat(parts)[where]  # back in the groups' order
+    if list_head:
+        from rerank.scoring.listhead import classify
+
+        out = classify(model, out, [1 + negatives] * len(rows), use_list=True)
+    return out.view(len(rows), 1 + negatives), sum(len(x) for x in ids)
 
 
 def ranking_loss(scores: torch.Tensor, loss: str, teacher: torch.Tensor | None = None) -> torch.Tensor:

@@ -156,3 +156,21 @@ def test_the_list_aware_head_trains_and_scores_each_candidate_in_the_context_of_
     np.testing.assert_allclose(together, expect, rtol=0, atol=1e-5)
     rr.use_modules([])
     assert not rr.scorer.list_head.active()  # reverted with the rest of the head
+
+
+def test_group_scores_in_micro_batches_equal_one_padded_batch(pairs_file, tiny_cross):
+    from rerank.scoring.runtime import load_tokenizer, load_weights
+    from rerank.training.pairs import read_pairs
+    from rerank.training.task import group_scores
+
+    rows = read_pairs(pairs_file)[:5]
+    tok = load_tokenizer(tiny_cross)
+    model = load_weights(tiny_cross, head=True, device=torch.device("cpu"))
+    got, tokens = group_scores(model, tok, rows, 3, 64, max_tokens=256)  # several micro-batches
+    firsts = [r["query"] for r in rows for _ in range(4)]
+    seconds = [d for r in rows for d in [r["positive"]["text"], *(n["text"] for n in r["negatives"][:3])]]
+    enc = tok(firsts, seconds, truncation="only_second", max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**enc).logits.view(5, 4)
+    torch.testing.assert_close(got.detach(), want, rtol=0, atol=1e-5)
+    assert tokens == int(enc["attention_mask"].sum())
