@@ -109,7 +109,12 @@ def pairs(
 @user_errors
 def task(
     pairs_file: Annotated[
-        Path, typer.Option("--pairs", help="Training queries (rerank train pairs, or TSV triples).")
+        Path,
+        typer.Option(
+            "--pairs",
+            help="Training queries: rerank train pairs' JSONL, TSV triples, or a downloaded ir_datasets id "
+            "with document pairs (e.g. msmarco-passage/train/triples-small).",
+        ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="The module folder to write.")],
     source_lang: Annotated[str, typer.Option("--source-lang", help="The training data's language.")] = "en",
@@ -126,6 +131,9 @@ def task(
         bool, typer.Option("--list-head", help="Add the list-aware head: attention over the candidate list.")
     ] = False,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Optimizer steps.")] = 500,
+    max_queries: Annotated[
+        int | None, typer.Option("--max-queries", min=1, help="Read at most this many training queries.")
+    ] = None,
     batch_queries: Annotated[int, typer.Option("--batch-queries", min=1, help="Queries per step.")] = 4,
     negatives: Annotated[int, typer.Option("--negatives", min=1, help="Negatives per query.")] = 7,
     max_length: Annotated[int, typer.Option("--max-length", min=16, max=512, help="Tokens per pair.")] = 256,
@@ -156,7 +164,7 @@ def task(
     cfg = TaskConfig(kind=kind, loss=loss, density=parse_density(density), rank=rank, reduction=reduction, mask=mask,
                      max_steps=max_steps, batch_queries=batch_queries, negatives=negatives, max_length=max_length,
                      lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed,
-                     list_head=list_head)  # fmt: skip
+                     list_head=list_head, max_queries=max_queries)  # fmt: skip
     m = train_task_module(pairs_file, out_dir, cfg, source_lang=source_lang, lang_module=lang_module, model=model,
                           overwrite=overwrite, progress=not quiet)  # fmt: skip
     r = m.config.recipe

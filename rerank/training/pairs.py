@@ -166,12 +166,16 @@ def _teacher_scores(rows: list[dict], progress: bool) -> None:
         i += n
 
 
-def read_pairs(path: str | os.PathLike) -> list[dict]:
-    """Training queries from our JSONL, or TSV triples (query, positive, negative; grouped by query)."""
+def read_pairs(path: str | os.PathLike, max_queries: int | None = None) -> list[dict]:
+    """Training queries from our JSONL, TSV triples (query, positive, negative; grouped by query), or an
+    ``ir_datasets`` id with document pairs (e.g. ``msmarco-passage/train/triples-small``) that is already
+    downloaded. ``max_queries``: read no more (an ir_datasets triples file can hold 40M pairs)."""
     from rerank.collections._io import json_lines, numbered_lines
 
     p = Path(path)
     rows: list[dict] = []
+    if not p.exists() and (_irds_knows(str(path)) or _looks_like_irds_id(str(path))):
+        return _irds_pairs(str(path), max_queries)
     if p.name.endswith((".tsv", ".tsv.gz")):
         by_q: dict[str, dict] = {}
         for lineno, line in numbered_lines(p, "pairs file"):
@@ -200,4 +204,71 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
             rows.append(obj)
     if not rows:
         raise RerankError(f"{p} has no training queries", hint="make some with `rerank train pairs`")
+    return rows[:max_queries] if max_queries else rows
+
+
+def _looks_like_irds_id(text: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9][\w.-]*(/[\w.-]+)+", text)) and not text.endswith((".jsonl", ".tsv", ".gz"))
+
+
+def _irds_knows(text: str) -> bool:
+    try:
+        import ir_datasets
+    except ImportError:
+        return False
+    return text in ir_datasets.registry
+
+
+def _irds_pairs(dataset_id: str, max_queries: int | None) -> list[dict]:
+    """Training queries from an ir_datasets dataset's document pairs (query, relevant doc, other doc),
+    grouped by query in file order, texts from its queries and docs store. Nothing is downloaded: a
+    dataset not on this machine is one clear error."""
+    try:
+        import ir_datasets
+    except ImportError:
+        raise RerankError(
+            f"{dataset_id} is not a file; read as an ir_datasets id it needs the ir_datasets package",
+            hint="pip install 'rerank[irds]' (or ir_datasets), with the dataset downloaded",
+        ) from None
+    try:
+        ds = ir_datasets.load(dataset_id)
+    except KeyError:
+        raise RerankError(
+            f"{dataset_id}: no such file, nor an ir_datasets id", hint="give a pairs file or a known ir_datasets id"
+        ) from None
+    if not (ds.has_docpairs() and ds.has_queries() and ds.has_docs()):
+        raise RerankError(
+            f"{dataset_id} has no document pairs (query, positive, negative)",
+            hint="use a training-triples id such as msmarco-passage/train/triples-small",
+        )
+
+    def text(record) -> str:
+        return record.default_text() if hasattr(record, "default_text") else record.text
+
+    try:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for pair in ds.docpairs_iter():
+            if pair.query_id not in groups and max_queries and len(groups) >= max_queries:
+                break
+            groups.setdefault(pair.query_id, []).append((pair.doc_id_a, pair.doc_id_b))
+        wanted = set(groups)
+        queries = {q.query_id: text(q) for q in ds.queries_iter() if q.query_id in wanted}
+        ids = {d for pairs in groups.values() for pair in pairs for d in pair}
+        docs = {i: text(d) for i, d in ds.docs_store().get_many(ids).items()}
+    except (OSError, ConnectionError, RuntimeError) as e:  # requests' errors are OSErrors
+        raise RerankError(
+            f"ir_datasets could not read {dataset_id} here: {' '.join(str(e).split())[:160]}",
+            hint="download it on a machine with internet (ir_datasets fetches on first use), then copy "
+            "~/.ir_datasets (or $IR_DATASETS_HOME) here; nothing is downloaded at training time",
+        ) from e
+    rows = []
+    for qid, pairs in groups.items():
+        positive = pairs[0][0]
+        negatives = list(dict.fromkeys(b for a, b in pairs if a == positive and b in docs))
+        if qid in queries and positive in docs and negatives:
+            rows.append({"qid": qid, "query": queries[qid], "lang": "",
+                         "positive": {"id": positive, "text": docs[positive]},
+                         "negatives": [{"id": n, "text": docs[n]} for n in negatives]})  # fmt: skip
+    if not rows:
+        raise RerankError(f"{dataset_id} gave no training queries", hint="is it a triples dataset?")
     return rows

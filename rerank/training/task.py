@@ -53,6 +53,7 @@ class TaskConfig:
     seed: int = 0
     embeddings: bool = False
     list_head: bool = False  # the list-aware head (rerank.scoring.listhead) on top of the plain one
+    max_queries: int | None = None  # read no more training queries
 
 
 def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -153,7 +154,10 @@ def train_task_module(
     out = Path(out)
     refuse_existing(out, overwrite)
     started = time.perf_counter()
-    rows = read_pairs(pairs_path)
+    from_file = Path(pairs_path).exists()
+    # an ir_datasets id (no file): as many queries as the steps take, and a dev split
+    need = cfg.max_queries or (None if from_file else cfg.max_steps * cfg.batch_queries * cfg.grad_accum * 21 // 20)
+    rows = read_pairs(pairs_path, max_queries=need)
     if cfg.loss == "margin-mse" and any("teacher" not in r for r in rows):
         raise RerankError(
             "margin-mse needs teacher scores in every training query", hint="rerank train pairs --teacher"
@@ -260,7 +264,8 @@ def train_task_module(
     )  # fmt: skip
     module.config.recipe = recipe
     p = Path(pairs_path)
-    module.config.data = {"pairs": str(p.resolve()), "sha256": _sha(p), "queries": len(rows),
+    source = {"pairs": str(p.resolve()), "sha256": _sha(p)} if from_file else {"ir_datasets": str(pairs_path)}
+    module.config.data = {**source, "queries": len(rows),
                           "train_queries": len(train_rows), "dev_queries": len(dev_rows)}  # fmt: skip
     save_module(module, out, overwrite=overwrite)
     import shutil

@@ -174,3 +174,46 @@ def test_group_scores_in_micro_batches_equal_one_padded_batch(pairs_file, tiny_c
         want = model(**enc).logits.view(5, 4)
     torch.testing.assert_close(got.detach(), want, rtol=0, atol=1e-5)
     assert tokens == int(enc["attention_mask"].sum())
+
+
+def test_pairs_from_an_ir_datasets_id(pairs_file, tmp_path, monkeypatch):
+    """A dataset registered with ir_datasets (local files in its formats, as a downloaded one reads) gives the
+    same training queries as the file they were written from; an id that is not downloaded is one clear error."""
+    import ir_datasets
+    from ir_datasets.datasets.base import Dataset
+    from ir_datasets.formats import TsvDocPairs, TsvDocs, TsvQueries
+    from ir_datasets.util import LocalDownload
+
+    from rerank.training.pairs import read_pairs
+
+    rows = read_pairs(pairs_file)[:6]
+    docs, queries, triples = {}, {}, []
+    for i, r in enumerate(rows):
+        queries[f"q{i}"] = r["query"]
+        for d in [r["positive"], *r["negatives"]]:  # (texts are passages, cut per query: ids per query too)
+            docs[f"{i}:{d['id']}"] = d["text"]
+        triples += [(f"q{i}", f"{i}:{r['positive']['id']}", f"{i}:{n['id']}") for n in r["negatives"]]
+
+    def tsv(name, lines):
+        (tmp_path / name).write_text("".join("\t".join(x) + "\n" for x in lines), encoding="utf-8")
+        return LocalDownload(tmp_path / name)
+
+    name = f"rerank-test/{tmp_path.name}/triples"
+    monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
+    ir_datasets.registry.register(name, Dataset(
+        TsvDocs(tsv("docs.tsv", docs.items())), TsvQueries(tsv("queries.tsv", queries.items())),
+        TsvDocPairs(tsv("triples.tsv", triples)),
+    ))  # fmt: skip
+    got = read_pairs(name)
+    assert [g["query"] for g in got] == [r["query"] for r in rows]
+    assert [g["positive"]["text"] for g in got] == [r["positive"]["text"] for r in rows]
+    assert [[n["text"] for n in g["negatives"]] for g in got] == [[n["text"] for n in r["negatives"]] for r in rows]
+    assert len(read_pairs(name, max_queries=2)) == 2
+    with pytest.raises(RerankError, match="no such file, nor an ir_datasets id"):
+        read_pairs("nosuchcorpus/train/triples")
+    with pytest.raises(RerankError, match="has no document pairs"):
+        read_pairs("vaswani")
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):  # no download, even with internet
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(RerankError, match="could not read msmarco-passage/train/triples-small here"):
+        read_pairs("msmarco-passage/train/triples-small", max_queries=10)  # not downloaded; no internet
