@@ -116,6 +116,12 @@ def test_bad_task_input(pairs_file, tiny_bert, tmp_path, capsys):
     lang = save_module(random_module(ComposedModel(cross), 5, lang="ky", density=0.05), tmp_path / "ky-lang")
     Reranker(cross, modules=[lang, tmp_path / "t"])
     assert "was trained without a language module" in capsys.readouterr().err
+    foreign = random_module(ComposedModel(cross), 6, lang="en", density=0.05)
+    foreign.config.base_fingerprint = "sha256:" + "ab" * 32
+    save_module(foreign, tmp_path / "foreign-lang")
+    code, _, err = run("train", "task", "--pairs", pairs_file, "--out", tmp_path / "t3", "--lang-module",
+                       tmp_path / "foreign-lang", "--model", tiny_bert, "--max-steps", "1")  # fmt: skip
+    assert code == 2 and "was trained on backbone tiny (sha256:abab" in err and not (tmp_path / "t3").exists(), err
     code, _, err = run("train", "task", "--pairs", pairs_file, "--out", tmp_path / "t2", "--batch-queries", "64",
                        "--negatives", "15", "--max-length", "512", "--model", tiny_bert)  # fmt: skip
     assert code == 2 and "would not fit here" in err
