@@ -136,6 +136,8 @@ def task(
     ] = None,
     batch_queries: Annotated[int, typer.Option("--batch-queries", min=1, help="Queries per step.")] = 4,
     negatives: Annotated[int, typer.Option("--negatives", min=1, help="Negatives per query.")] = 7,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per step.")] = 1,
+    patience: Annotated[int, typer.Option("--patience", min=0, help="Evaluations without gain (0: off).")] = 3,
     max_length: Annotated[int, typer.Option("--max-length", min=16, max=512, help="Tokens per pair.")] = 256,
     lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Learning rate [default: per kind].")] = None,
     time_budget: Annotated[str | None, typer.Option("--time-budget", help="Stop after this long, e.g. 25m.")] = None,
@@ -164,7 +166,8 @@ def task(
     cfg = TaskConfig(kind=kind, loss=loss, density=parse_density(density), rank=rank, reduction=reduction, mask=mask,
                      max_steps=max_steps, batch_queries=batch_queries, negatives=negatives, max_length=max_length,
                      lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed,
-                     list_head=list_head, max_queries=max_queries)  # fmt: skip
+                     list_head=list_head, max_queries=max_queries, grad_accum=grad_accum,
+                     patience=patience or None)  # fmt: skip
     m = train_task_module(pairs_file, out_dir, cfg, source_lang=source_lang, lang_module=lang_module, model=model,
                           overwrite=overwrite, progress=not quiet)  # fmt: skip
     r = m.config.recipe

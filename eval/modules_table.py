@@ -1,0 +1,89 @@
+"""The table of modules/README.md: nDCG@10 and MRR per query language from a grid report of eval/grid.toml,
+with each system's training time and module size read from the module folders' configs.
+
+    .venv/bin/rerank eval grid eval/grid.toml --out reports/grid
+    .venv/bin/python eval/modules_table.py reports/grid [--trained runs/modules] [--shipped modules]
+
+Prints Markdown. Times are what each training run recorded (`recipe.seconds`, on the machine it ran on);
+sizes are the module folders' bytes on disk (fp32 as trained; the shipped ones 8-bit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+LANGS = ("ky", "ug", "tr", "en")
+MEASURES = ("nDCG@10", "RR")
+
+
+def module_facts(folder: Path) -> tuple[float, int] | None:
+    """(training seconds, bytes on disk) of a module folder, or None when it is not there."""
+    from rerank.modules.format import module_size
+
+    cfg = folder / "module_config.json"
+    if not cfg.is_file():
+        return None
+    recipe = json.loads(cfg.read_text(encoding="utf-8")).get("recipe") or {}
+    return float(recipe.get("seconds") or 0.0), module_size(folder)
+
+
+def cost(system: str, trained: Path, shipped: Path) -> str:
+    """Training time and size of what a system stacks: the task module, plus the four language modules."""
+    if system == "shipped":
+        kind, where = "shira", shipped
+    elif ":" in system:
+        kind, where = system.split(":", 1)[1], trained
+    else:
+        return ""
+    task_name = "en-task-shira-list" if kind == "shira-list" else f"en-task-{kind}"
+    kind = kind.removesuffix("-list")
+    task = module_facts(where / task_name)
+    if task is None:
+        return ""
+    if system.startswith("task:"):
+        return f"{task[0] / 60:.0f} min | {task[1] / 1e6:.2f} MB"
+    langs = [module_facts(where / f"{lang}-lang-{kind}") for lang in LANGS]
+    if any(x is None for x in langs):
+        return ""
+    mean_t = sum(x[0] for x in langs) / len(langs) / 60  # type: ignore[index]
+    mean_b = sum(x[1] for x in langs) / len(langs) / 1e6  # type: ignore[index]
+    return f"task {task[0] / 60:.0f} + lang {mean_t:.0f} min each | task {task[1] / 1e6:.2f} + lang {mean_b:.2f} MB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("report", type=Path, help="a grid report folder (with grid.csv)")
+    ap.add_argument("--trained", type=Path, default=ROOT / "runs" / "modules")
+    ap.add_argument("--shipped", type=Path, default=ROOT / "modules")
+    ap.add_argument("--doc", default="en", help="document language of the columns")
+    a = ap.parse_args()
+    means: dict[tuple[str, str, str], float] = {}
+    order: list[str] = []
+    with open(a.report / "grid.csv", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row["doc_lang"] != a.doc:
+                continue
+            m = "RR" if row["measure"].startswith("RR") or row["measure"] == "MRR" else row["measure"]
+            means[(row["system"], row["query_lang"], m)] = float(row["mean"])
+            if row["system"] not in order:
+                order.append(row["system"])
+    head = " | ".join(f"{q} nDCG@10 | {q} MRR" for q in LANGS)
+    print(f"| system | {head} | mean nDCG@10 | training time | size |")
+    print("|---|" + "---:|" * (2 * len(LANGS) + 1) + "---|---|")
+    for s in order:
+        vals = [means.get((s, q, m)) for q in LANGS for m in MEASURES]
+        cells = " | ".join("–" if v is None else f"{v:.3f}" for v in vals)
+        nd = [means.get((s, q, "nDCG@10")) for q in LANGS]
+        mean = sum(nd) / len(nd) if all(v is not None for v in nd) else float("nan")  # type: ignore[arg-type]
+        extra = cost(s, a.trained, a.shipped) or " | "
+        print(f"| {s} | {cells} | {mean:.3f} | {extra} |")
+
+
+if __name__ == "__main__":
+    main()
