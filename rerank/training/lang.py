@@ -184,10 +184,20 @@ def train_language_module(
     return module
 
 
+def _with_extras(loop: LoopConfig, extra_params: dict | None, lr: float) -> LoopConfig:
+    """Make dense extras (a task module's new head) trainable, at their own rate ``lr``."""
+    from dataclasses import replace
+
+    for p in (extra_params or {}).values():
+        p.requires_grad_(True)
+    return replace(loop, param_lr={**loop.param_lr, **{n: lr for n in extra_params or {}}})
+
+
 def _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progress, code, recipe, extra_params=None):
     from rerank.modules.format import Module, ModuleConfig
     from rerank.training import sparse
 
+    loop = _with_extras(loop, extra_params, cfg.head_lr)
     if cfg.kind == "shira" and cfg.mask not in sparse.MASKS:
         raise RerankError(f"unknown --mask {cfg.mask!r}", hint=f"one of: {', '.join(sparse.MASKS)}")
     rows = vocab if cfg.embeddings else None
@@ -266,8 +276,7 @@ def _train_lora(cfg, encoder, loop, step_loss, dev, work, progress, code, extra_
     peft_model = get_peft_model(encoder, LoraConfig(r=cfg.rank, lora_alpha=alpha, target_modules=names,
                                                     lora_dropout=0.0, init_lora_weights=True))  # fmt: skip
     params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n}
-    for p in (extra_params or {}).values():
-        p.requires_grad_(True)
+    loop = _with_extras(loop, extra_params, cfg.head_lr)
     params |= dict(extra_params or {})
     log = train(params, step_loss, loop, dev=dev, checkpoint_dir=work / "lora", desc=f"{code} lora",
                 progress=progress)  # fmt: skip
@@ -304,8 +313,7 @@ def _train_adapter(cfg, encoder, loop, step_loss, dev, work, progress, code, fp,
     if below:  # MAD-X: the task adapter is trained on top of the (frozen) language adapter
         encoder.set_active_adapters(Stack(*below, slot))
     params = {n: p for n, p in encoder.named_parameters() if p.requires_grad and f".{slot}." in n}
-    for p in (extra_params or {}).values():
-        p.requires_grad_(True)
+    loop = _with_extras(loop, extra_params, cfg.head_lr)
     params |= dict(extra_params or {})
     log = train(params, step_loss, loop, dev=dev, checkpoint_dir=work / "adapter", desc=f"{code} adapter",
                 progress=progress)  # fmt: skip

@@ -34,6 +34,7 @@ class LoopConfig:
     checkpoint_every: int = 200
     clip: float = 1.0
     seed: int = 0
+    param_lr: dict = field(default_factory=dict)  # parameter name -> its own peak rate (e.g. a new head)
 
 
 @dataclass
@@ -68,7 +69,10 @@ def train(
     torch.manual_seed(cfg.seed)
     names = sorted(params)
     plist = [params[n] for n in names]
-    opt = torch.optim.AdamW(plist, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rates = sorted({cfg.param_lr.get(n, cfg.lr) for n in names})
+    groups = [{"params": [p for n, p in zip(names, plist, strict=True) if cfg.param_lr.get(n, cfg.lr) == r], "lr": r}
+              for r in rates]  # fmt: skip
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.max_steps * cfg.warmup))
 
     def lr_at(step: int) -> float:

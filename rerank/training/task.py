@@ -45,6 +45,7 @@ class TaskConfig:
     negatives: int = 7
     max_length: int = 256
     lr: float | None = None
+    head_lr: float = 1e-3  # the new ranking head (pooler, classifier, list head) learns from scratch
     l1: float = 0.0
     time_budget: float | None = None
     eval_every: int = 50
@@ -234,7 +235,8 @@ def train_task_module(
                       checkpoint_every=max(50, cfg.eval_every))  # fmt: skip
     work = Path(f"{out}.work")
     recipe = {"objective": f"ranking, {cfg.loss} loss", "kind": cfg.kind, "loss": cfg.loss, "lr": lr,
-              "max_steps": cfg.max_steps, "batch_queries": cfg.batch_queries, "negatives": cfg.negatives,
+              "head_lr": cfg.head_lr, "max_steps": cfg.max_steps, "batch_queries": cfg.batch_queries,
+              "negatives": cfg.negatives,
               "max_length": cfg.max_length, "seed": cfg.seed, "language_module": lang_record,
               "head": "list-aware (attention over the candidate list)" if cfg.list_head else "plain",
               "dev_mrr_before": round(mrr_before, 4)}  # fmt: skip
@@ -278,4 +280,5 @@ def _as_lang_cfg(cfg: TaskConfig):
     from rerank.training.lang import LangConfig
 
     return LangConfig(kind=cfg.kind, density=cfg.density, rank=cfg.rank, reduction=cfg.reduction, mask=cfg.mask,
-                      embeddings=cfg.embeddings, max_steps=cfg.max_steps, l1=cfg.l1, seed=cfg.seed)  # fmt: skip
+                      embeddings=cfg.embeddings, max_steps=cfg.max_steps, l1=cfg.l1, seed=cfg.seed,
+                      head_lr=cfg.head_lr)  # fmt: skip

@@ -72,11 +72,17 @@ def test_task_modules_train_and_stack_with_a_language_module(kind, loss, pairs_f
 
     cross = init_cross_encoder(tiny_bert, tmp_path / "ce", seed=0)
     lang = save_module(random_module(ComposedModel(cross), 5, lang="en", density=0.05), tmp_path / "en-lang")
-    cfg = TaskConfig(kind=kind, loss=loss, max_steps=4, batch_queries=2, negatives=3, max_length=64, eval_every=2)
+    cfg = TaskConfig(kind=kind, loss=loss, max_steps=4, batch_queries=2, negatives=3, max_length=64, eval_every=2,
+                     patience=None)
     m = train_task_module(pairs_file, tmp_path / "task", cfg, lang_module=lang, model=tiny_bert, progress=False)
     r = m.config.recipe
     assert m.config.role == "task" and m.config.kind == kind and r["loss"] == loss and r["language_module"]["path"]
     assert {"classifier.weight", "pooler.dense.weight"} <= set(m.extras) and r["steps"] >= 2
+    from rerank.scoring.runtime import load_weights
+
+    start = load_weights(cross, head=True, device=torch.device("cpu"))  # the head training started from
+    assert not torch.equal(m.extras["classifier.weight"], start.classifier.weight.detach())  # the head learned
+    assert not torch.equal(m.extras["pooler.dense.weight"], start.bert.pooler.dense.weight.detach())
     pairs = [("right to education", "Everyone has the right to education."), ("slavery", "No one shall be held.")]
     plain = Reranker(cross).predict(pairs)
     stacked = Reranker(cross, modules=[lang, tmp_path / "task"]).predict(pairs)
