@@ -84,7 +84,10 @@ def pairs(
     method: Annotated[
         str, typer.Option("--method", help="ict (a sentence → its passage) | title (title → body).")
     ] = "ict",
-    negatives: Annotated[int, typer.Option("--negatives", min=1, help="BM25 hard negatives per query.")] = 7,
+    negatives: Annotated[int, typer.Option("--negatives", min=1, help="Negatives per query.")] = 7,
+    random_negatives: Annotated[
+        int, typer.Option("--random-negatives", min=0, help="How many of them are random documents, not BM25's.")
+    ] = 0,
     max_queries: Annotated[int | None, typer.Option("--max-queries", min=1, help="Stop after this many.")] = None,
     teacher: Annotated[bool, typer.Option("--teacher", help="Add bi-encoder scores (for --loss margin-mse).")] = False,
     index: Annotated[
@@ -97,11 +100,12 @@ def pairs(
     """Synthetic relevance data from a collection: pseudo-queries, positives, BM25 hard negatives."""
     from rerank.training.pairs import make_pairs
 
-    facts = make_pairs(docs, out_file, lang=language, method=method, negatives=negatives, max_queries=max_queries,
+    facts = make_pairs(docs, out_file, lang=language, method=method, negatives=negatives,
+                       random_negatives=random_negatives, max_queries=max_queries,
                        teacher=teacher, seed=seed, index=index, overwrite=overwrite, progress=not quiet)  # fmt: skip
     out.print(
         f"wrote {out_file}: {facts['queries']:,} training queries ({method}) from {facts['documents']:,} documents, "
-        f"{negatives} BM25 negatives each (how: {out_file}.json)"
+        f"{negatives - random_negatives} BM25 + {random_negatives} random negatives each (how: {out_file}.json)"
     )
 
 
@@ -138,6 +142,9 @@ def task(
     negatives: Annotated[int, typer.Option("--negatives", min=1, help="Negatives per query.")] = 7,
     grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per step.")] = 1,
     patience: Annotated[int, typer.Option("--patience", min=0, help="Evaluations without gain (0: off).")] = 3,
+    probe_queries: Annotated[
+        int, typer.Option("--probe-queries", min=0, help="Phase 0: the head alone on this many queries (0: off).")
+    ] = 512,
     max_length: Annotated[int, typer.Option("--max-length", min=16, max=512, help="Tokens per pair.")] = 256,
     lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Learning rate [default: per kind].")] = None,
     time_budget: Annotated[str | None, typer.Option("--time-budget", help="Stop after this long, e.g. 25m.")] = None,
@@ -167,7 +174,7 @@ def task(
                      max_steps=max_steps, batch_queries=batch_queries, negatives=negatives, max_length=max_length,
                      lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed,
                      list_head=list_head, max_queries=max_queries, grad_accum=grad_accum,
-                     patience=patience or None)  # fmt: skip
+                     patience=patience or None, probe_queries=probe_queries)  # fmt: skip
     m = train_task_module(pairs_file, out_dir, cfg, source_lang=source_lang, lang_module=lang_module, model=model,
                           overwrite=overwrite, progress=not quiet)  # fmt: skip
     r = m.config.recipe

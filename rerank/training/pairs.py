@@ -8,7 +8,9 @@ are available offline here).
   without that sentence the positive (with it, 10% of the time, as in the paper) (any collection);
 
 and takes hard negatives from BM25 over the same collection (the top hits that are not the positive or
-from its page, nor documents containing the query verbatim). Positives and negatives are both body text
+from its page, nor documents containing the query verbatim) — and, with ``random_negatives``, that many
+random documents instead (a model that starts from no notion of relevance first needs the easy
+contrasts: hard negatives alone teach distinctions it cannot make yet). Positives and negatives are both body text
 without titles, and a negative longer than its positive is cut to a window of whole sentences of about
 the positive's length (BM25's top hits run long: on LibreOffice's help, median 137 tokens against the
 positives' 45), so that neither form nor length, only relevance, tells them apart. With ``teacher``,
@@ -76,6 +78,7 @@ def crop(text: str, target: int, rng: random.Random) -> str:
 
 def make_pairs(
     docs_path: str | os.PathLike, out: str | os.PathLike, *, lang: str, method: str = "ict", negatives: int = 7,
+    random_negatives: int = 0,
     max_queries: int | None = None, teacher: bool = False, seed: int = 0, index: str | os.PathLike | None = None,
     overwrite: bool = False, progress: bool = True,
 ) -> dict:  # fmt: skip
@@ -92,6 +95,9 @@ def make_pairs(
 
     if method not in METHODS:
         raise RerankError(f"unknown --method {method!r}", hint=f"one of: {', '.join(METHODS)}")
+    if not 0 <= random_negatives <= negatives:
+        raise RerankError(f"--random-negatives {random_negatives} is not between 0 and --negatives {negatives}",
+                          hint="e.g. --negatives 7 --random-negatives 3")  # fmt: skip
     code = languages.code(lang)
     refuse_existing(out, overwrite)
     docs = list(read_docs(docs_path))
@@ -115,11 +121,16 @@ def make_pairs(
             hits = bm25.search(query, k=negatives * 3 + 1)
             page = d.doc_id.split("#", 1)[0]  # sections of one page (id "page#k") are not negatives of each other
             negs = [h for h in hits if h.doc_id.split("#", 1)[0] != page and query not in by_id[h.doc_id].contents]
-            negs = negs[:negatives]
-            if len(negs) < negatives:  # too few BM25 hits: fill with random documents (bm25 score 0)
-                taken = {n.doc_id for n in negs}
-                pool = [x for x in docs if x.doc_id.split("#", 1)[0] != page and x.doc_id not in taken]
-                negs += [ScoredDoc("", x.doc_id, 0.0) for x in rng.sample(pool, min(len(pool), negatives - len(negs)))]
+            negs = negs[: negatives - random_negatives]
+            # the rest (and what BM25 could not fill) are random documents of other pages (bm25 score 0)
+            taken = {n.doc_id for n in negs}
+            for _ in range(50 * negatives):
+                if len(negs) >= negatives:
+                    break
+                x = docs[rng.randrange(len(docs))]
+                if x.doc_id.split("#", 1)[0] != page and x.doc_id not in taken and query not in x.contents:
+                    taken.add(x.doc_id)
+                    negs.append(ScoredDoc("", x.doc_id, 0.0))
             rows.append({
                 "qid": f"{method}-{d.doc_id}", "query": query, "lang": code,
                 "positive": {"id": d.doc_id, "text": positive},
@@ -143,7 +154,8 @@ def make_pairs(
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     facts = {
         "source": str(Path(docs_path).resolve()), "method": method, "lang": code, "queries": len(rows),
-        "negatives_per_query": negatives, "negatives_from": "BM25 top hits over the same collection",
+        "negatives_per_query": negatives, "random_negatives": random_negatives,
+        "negatives_from": "BM25 top hits over the same collection; the random ones: any document of another page",
         "negatives_cut": "to a window of whole sentences of about the positive's length, when longer",
         "documents": len(docs), "skipped_documents": skipped, "teacher": "bi-encoder (e5-small)" if teacher else None,
         "seed": seed,

@@ -30,6 +30,9 @@ from rerank.training.lang import DEFAULT_LR, KINDS, _sha, _train_adapter, _train
 from rerank.training.loop import LoopConfig
 
 LOSSES = ("pointwise", "pairwise", "listwise", "margin-mse")
+# fine-tuning rates of the module after the head is probed: a fifth of the language modules' (which adapt to
+# a new language from plenty of text); the head keeps its own (TaskConfig.head_lr)
+TASK_LR = {kind: lr / 5 for kind, lr in DEFAULT_LR.items()}
 
 
 @dataclass
@@ -46,6 +49,8 @@ class TaskConfig:
     max_length: int = 256
     lr: float | None = None
     head_lr: float = 1e-3  # the new ranking head (pooler, classifier, list head) learns from scratch
+    probe_queries: int = 512  # phase 0: the head alone on the frozen encoder's features of this many queries
+    probe_epochs: int = 3
     l1: float = 0.0
     time_budget: float | None = None
     eval_every: int = 50
@@ -105,6 +110,72 @@ def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
 
         out = classify(model, out, [1 + negatives] * len(rows), use_list=True)
     return out.view(len(rows), 1 + negatives), sum(len(x) for x in ids)
+
+
+def head_logits(model, cls: torch.Tensor) -> torch.Tensor:
+    """The ranking head on the last layer's first-token states ``cls`` (N, hidden): BERT's pooler, dropout and
+    classifier, or a RoBERTa-style classification head (which pools itself)."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    pooler = getattr(base, "pooler", None)
+    if pooler is not None:
+        return model.classifier(model.dropout(pooler(cls[:, None, :])))[:, 0]
+    return model.classifier(cls[:, None, :])[:, 0]
+
+
+def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) -> dict:
+    """Phase 0 (linear probing before fine-tuning, Kumar et al. 2022): the first-token states of
+    ``cfg.probe_queries`` training groups are computed once with the encoder frozen (and its language module
+    applied), then the new head trains on them for ``cfg.probe_epochs`` epochs. Fine-tuning from a random head
+    sends noise into the encoder and distorts what it knew; from a probed head it does not."""
+    import random
+
+    from tqdm import tqdm
+
+    from rerank.scoring.batching import length_sorted_batches, pad_batch
+
+    take = random.Random(cfg.seed).sample(rows, min(len(rows), cfg.probe_queries))
+    n = 1 + cfg.negatives
+    firsts, seconds = [], []
+    for r in take:
+        docs = [r["positive"]["text"], *(x["text"] for x in r["negatives"][: cfg.negatives])]
+        docs += [docs[-1]] * (n - len(docs))
+        firsts += [r["query"]] * n
+        seconds += docs
+    ids = tok(firsts, seconds, truncation="only_second", max_length=cfg.max_length)["input_ids"]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    base = getattr(model, model.base_model_prefix)
+    feats = torch.zeros(len(ids), model.config.hidden_size)
+    model.eval()
+    with torch.no_grad(), tqdm(total=len(ids), desc="head probe: features", unit="pair", disable=not progress) as bar:
+        for b in length_sorted_batches([len(x) for x in ids], 4096):
+            t, m = pad_batch([ids[i] for i in b], pad)
+            out = base(input_ids=torch.from_numpy(t), attention_mask=torch.from_numpy(m))
+            feats[torch.as_tensor(b)] = out[0][:, 0].float()
+            bar.update(len(b))
+    feats = feats.view(len(take), n, -1)
+    teacher = None
+    if cfg.loss == "margin-mse":
+        teacher = torch.tensor([(r["teacher"] + [r["teacher"][-1]] * 64)[:n] for r in take])
+    for p in head:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(head, lr=cfg.head_lr)
+    model.train()
+    rng = random.Random(cfg.seed)
+    losses = []
+    for _ in range(cfg.probe_epochs):
+        order = list(range(len(take)))
+        rng.shuffle(order)
+        total = 0.0
+        for i in range(0, len(order), cfg.batch_queries):
+            pick = torch.tensor(order[i : i + cfg.batch_queries])
+            scores = head_logits(model, feats[pick].reshape(-1, feats.shape[-1])).view(len(pick), n)
+            loss = ranking_loss(scores, cfg.loss, None if teacher is None else teacher[pick])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(pick)
+        losses.append(round(total / len(take), 4))
+    return {"queries": len(take), "epochs": cfg.probe_epochs, "lr": cfg.head_lr, "loss_per_epoch": losses}
 
 
 def ranking_loss(scores: torch.Tensor, loss: str, teacher: torch.Tensor | None = None) -> torch.Tensor:
@@ -229,7 +300,11 @@ def train_task_module(
 
     net.train()
     mrr_before = dev_mrr()
-    lr = cfg.lr or DEFAULT_LR[cfg.kind]
+    probe = None
+    if cfg.probe_queries:  # LP-FT: the new head first learns on the frozen encoder's features
+        probe = probe_head(net, tok, train_rows, cfg, list(head.values()), progress)
+    mrr_probed = dev_mrr() if probe else None
+    lr = cfg.lr or TASK_LR[cfg.kind]
     loop = LoopConfig(max_steps=cfg.max_steps, lr=lr, time_budget=cfg.time_budget, patience=cfg.patience,
                       grad_accum=cfg.grad_accum, eval_every=cfg.eval_every, seed=cfg.seed,
                       checkpoint_every=max(50, cfg.eval_every))  # fmt: skip
@@ -239,7 +314,8 @@ def train_task_module(
               "negatives": cfg.negatives,
               "max_length": cfg.max_length, "seed": cfg.seed, "language_module": lang_record,
               "head": "list-aware (attention over the candidate list)" if cfg.list_head else "plain",
-              "dev_mrr_before": round(mrr_before, 4)}  # fmt: skip
+              "dev_mrr_before": round(mrr_before, 4), "probe": probe,
+              "dev_mrr_after_probe": None if mrr_probed is None else round(mrr_probed, 4)}  # fmt: skip
     dev = lambda: 1.0 - dev_mrr()  # noqa: E731 - the loop minimises
     lang_cfg = _as_lang_cfg(cfg)
     if cfg.kind in ("shira", "sft"):

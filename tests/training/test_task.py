@@ -144,7 +144,7 @@ def test_the_list_aware_head_trains_and_scores_each_candidate_in_the_context_of_
 
     cross = init_cross_encoder(tiny_bert, tmp_path / "ce", seed=0)
     cfg = TaskConfig(kind="shira", loss="listwise", max_steps=4, batch_queries=2, negatives=3, max_length=64,
-                     eval_every=2, list_head=True, lr=1e-2)  # fmt: skip
+                     eval_every=2, list_head=True, lr=1e-2, head_lr=5e-2, probe_queries=0)  # fmt: skip
     m = train_task_module(pairs_file, tmp_path / "task", cfg, model=tiny_bert, progress=False)
     assert {"list_head.q.weight", "list_head.out.weight"} <= set(m.extras) and m.extras["list_head.out.weight"].any()
     assert m.config.recipe["head"].startswith("list-aware")
