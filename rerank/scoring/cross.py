@@ -55,40 +55,16 @@ class CrossEncoder:
         self.max_length = min(max_length, self.info.max_length)
         self.max_tokens = max_tokens
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self._types = "token_type_ids" in self.tokenizer.model_input_names
-        self._specials = self.tokenizer.num_special_tokens_to_add(pair=True)
-        if self.max_length < self._specials + 2 * MIN_DOC_TOKENS:
+        specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+        if self.max_length < specials + 2 * MIN_DOC_TOKENS:
             raise RerankError(
                 f"max_length {max_length} is too short for a query–document pair",
-                hint=f"use at least {self._specials + 2 * MIN_DOC_TOKENS}",
+                hint=f"use at least {specials + 2 * MIN_DOC_TOKENS}",
             )
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None, int]:
-        """Token ids (and token types, for BERT-style tokenizers) per pair; how many queries were cut.
-        Each distinct query and document is tokenized once."""
-        tok = self.tokenizer
-        queries = list(dict.fromkeys(q for q, _ in pairs))
-        docs = list(dict.fromkeys(d for _, d in pairs))
-        kw = dict(
-            add_special_tokens=False,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
-        q_ids = dict(zip(queries, tok(queries, **kw)["input_ids"], strict=True))
-        d_ids = dict(zip(docs, tok(docs, **kw)["input_ids"], strict=True)) if docs else {}
-        room = self.max_length - self._specials
-        q_budget = room - MIN_DOC_TOKENS
-        cut = {q for q, ids in q_ids.items() if len(ids) > q_budget}
-        ids_out, types_out = [], [] if self._types else None
-        for q, d in pairs:
-            qi = q_ids[q][:q_budget]
-            di = d_ids[d][: room - len(qi)]
-            ids_out.append(tok.build_inputs_with_special_tokens(qi, di))
-            if types_out is not None:
-                types_out.append(tok.create_token_type_ids_from_sequences(qi, di))
-        return ids_out, types_out, len(cut)
+        """Token ids (and token types, for BERT-style tokenizers) per pair; how many queries were cut."""
+        return encode_pairs(self.tokenizer, pairs, self.max_length)
 
     def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> np.ndarray:
         """One logit per (query, document) pair, in input order (float32)."""
@@ -144,6 +120,32 @@ class CrossEncoder:
 
                 scores[:] = classify(self.model, vectors, _runs([q for q, _ in pairs])).float().cpu().numpy()
         return scores
+
+
+def encode_pairs(tok, pairs: Sequence[tuple[str, str]], max_length: int
+                 ) -> tuple[list[list[int]], list[list[int]] | None, int]:  # fmt: skip
+    """Token ids (and token types, for BERT-style tokenizers) of each (query, document) pair within
+    ``max_length``: the document is cut; the query too, when it alone would leave the document fewer than
+    ``MIN_DOC_TOKENS``. Returns how many distinct queries were cut. Each distinct text is tokenized once.
+    Training and scoring both encode pairs here, so a module sees at query time what it learned on."""
+    queries = list(dict.fromkeys(q for q, _ in pairs))
+    docs = list(dict.fromkeys(d for _, d in pairs))
+    kw = dict(add_special_tokens=False, truncation=False, return_attention_mask=False, return_token_type_ids=False,
+              verbose=False)  # fmt: skip
+    q_ids = dict(zip(queries, tok(queries, **kw)["input_ids"], strict=True)) if queries else {}
+    d_ids = dict(zip(docs, tok(docs, **kw)["input_ids"], strict=True)) if docs else {}
+    room = max_length - tok.num_special_tokens_to_add(pair=True)
+    q_budget = room - MIN_DOC_TOKENS
+    cut = {q for q, ids in q_ids.items() if len(ids) > q_budget}
+    types = "token_type_ids" in tok.model_input_names
+    ids_out, types_out = [], [] if types else None
+    for q, d in pairs:
+        qi = q_ids[q][:q_budget]
+        di = d_ids[d][: room - len(qi)]
+        ids_out.append(tok.build_inputs_with_special_tokens(qi, di))
+        if types_out is not None:
+            types_out.append(tok.create_token_type_ids_from_sequences(qi, di))
+    return ids_out, types_out, len(cut)
 
 
 def _runs(keys: Sequence[str]) -> list[int]:

@@ -86,8 +86,9 @@ def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
         docs += [docs[-1]] * (1 + negatives - len(docs))  # a short group repeats its last negative
         firsts += [r["query"]] * len(docs)
         seconds += docs
-    enc = tok(firsts, seconds, truncation="only_second", max_length=max_length)
-    ids, types = enc["input_ids"], enc.get("token_type_ids")
+    from rerank.scoring.cross import encode_pairs
+
+    ids, types, _ = encode_pairs(tok, list(zip(firsts, seconds, strict=True)), max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     parts, order = [], []
     for batch in length_sorted_batches([len(x) for x in ids], max_tokens):
@@ -141,7 +142,9 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
         docs += [docs[-1]] * (n - len(docs))
         firsts += [r["query"]] * n
         seconds += docs
-    ids = tok(firsts, seconds, truncation="only_second", max_length=cfg.max_length)["input_ids"]
+    from rerank.scoring.cross import encode_pairs
+
+    ids, types, _ = encode_pairs(tok, list(zip(firsts, seconds, strict=True)), cfg.max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     base = getattr(model, model.base_model_prefix)
     feats = torch.zeros(len(ids), model.config.hidden_size)
@@ -149,7 +152,10 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
     with torch.no_grad(), tqdm(total=len(ids), desc="head probe: features", unit="pair", disable=not progress) as bar:
         for b in length_sorted_batches([len(x) for x in ids], 4096):
             t, m = pad_batch([ids[i] for i in b], pad)
-            out = base(input_ids=torch.from_numpy(t), attention_mask=torch.from_numpy(m))
+            inputs = {"input_ids": torch.from_numpy(t), "attention_mask": torch.from_numpy(m)}
+            if types is not None:
+                inputs["token_type_ids"] = torch.from_numpy(pad_batch([types[i] for i in b], 0)[0])
+            out = base(**inputs)
             feats[torch.as_tensor(b)] = out[0][:, 0].float()
             bar.update(len(b))
     feats = feats.view(len(take), n, -1)

@@ -186,6 +186,9 @@ def test_group_scores_in_micro_batches_equal_one_padded_batch(pairs_file, tiny_c
         want = model(**enc).logits.view(5, 4)
     torch.testing.assert_close(got.detach(), want, rtol=0, atol=1e-5)
     assert tokens == int(enc["attention_mask"].sum())
+    long = dict(rows[0], query=" ".join([rows[0]["query"]] * 40))  # a query longer than max_length is cut
+    scores, tokens = group_scores(model, tok, [long], 3, 64)
+    assert scores.shape == (1, 4) and tokens <= 4 * 64
 
 
 def test_pairs_from_an_ir_datasets_id(pairs_file, tmp_path, monkeypatch):
