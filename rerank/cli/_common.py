@@ -51,6 +51,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+OUT_OF_MEMORY = ("out of memory — use a smaller --batch-size / --batch-queries (with --grad-accum to keep the "
+                 "batch), or a shorter --seq-len / --max-length")
+
+
 def user_errors(fn: F) -> F:
     """Turn the errors a user can cause into one line on stderr and exit status 2 (no traceback)."""
 
@@ -64,6 +68,12 @@ def user_errors(fn: F) -> F:
             raise fail(f"permission denied: {e.filename} — choose a location you can write to") from None
         except OSError as e:
             raise fail(f"{e.strerror or e}: {e.filename or ''} — check the path and free disk space") from None
+        except MemoryError:
+            raise fail(OUT_OF_MEMORY) from None
+        except RuntimeError as e:  # torch's allocators report running out as a RuntimeError
+            if "can't allocate memory" not in str(e) and "out of memory" not in str(e).lower():
+                raise
+            raise fail(OUT_OF_MEMORY) from None
         except KeyboardInterrupt:
             raise fail("interrupted — nothing half-written was left behind", 130) from None
 

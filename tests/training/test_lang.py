@@ -184,3 +184,19 @@ def test_text_can_be_a_document_collection(udhr_dir):
     docs = list(read_docs(udhr_dir / "docs.ky.jsonl"))
     texts = read_texts([udhr_dir / "docs.ky.jsonl"])
     assert texts == [" ".join(d.contents.split()) for d in docs] and len(texts) > 50
+
+
+def test_running_out_of_memory_is_one_line(ky_text, tiny_bert, tmp_path, capsys, monkeypatch):
+    from rerank.cli.main import main
+    from rerank.training import mlm
+
+    def huge(*args, **kwargs):  # what torch's CPU allocator raises when a batch does not fit
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(mlm, "mlm_loss", huge)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "lang", "--lang", "ky", "--text", str(ky_text), "--out", str(tmp_path / "m"), "--model",
+              str(tiny_bert), "--max-steps", "2", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "out of memory — use a smaller --batch-size" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
