@@ -115,13 +115,13 @@ $(TRAINED)/en-task-$(KIND)/module_config.json: $(TRAINED)/en-lang-$(KIND)/module
 	mkdir -p $(TRAINED)
 	$(BIN)/rerank train task --pairs $(PAIRS) --source-lang en --lang-module $(TRAINED)/en-lang-$(KIND) \
 		--kind $(KIND) $(TASK_ARGS) --out $(@D) --overwrite --quiet 2>&1 | tee $(@D).log
-# synthetic English relevance data: 3,000 inverse-cloze and 3,000 title queries, 7 BM25 negatives each
+# synthetic English relevance data: 1,000 inverse-cloze and 1,000 title queries, 7 negatives each (4 from BM25,
+# 3 random); 200 steps of 4 queries see 800 of them
+PAIRS_ARGS := --max-queries 1000 --negatives 7 --random-negatives 3 --overwrite --quiet
 $(PAIRS): | $(STAMP) train-data
 	mkdir -p $(@D)
-	$(BIN)/rerank train pairs --docs $(TEXT_en) --method ict --max-queries 3000 --out $(@D)/pairs.ict.jsonl \
-		--overwrite --quiet
-	$(BIN)/rerank train pairs --docs $(TEXT_en) --method title --max-queries 3000 --out $(@D)/pairs.title.jsonl \
-		--overwrite --quiet
+	$(BIN)/rerank train pairs --docs $(TEXT_en) --method ict $(PAIRS_ARGS) --out $(@D)/pairs.ict.jsonl
+	$(BIN)/rerank train pairs --docs $(TEXT_en) --method title $(PAIRS_ARGS) --out $(@D)/pairs.title.jsonl
 	cat $(@D)/pairs.ict.jsonl $(@D)/pairs.title.jsonl > $@.tmp && mv $@.tmp $@
 
 modules: $(foreach m,$(SHIP_MODS),$(m)/module_config.json)
