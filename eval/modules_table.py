@@ -3,6 +3,7 @@ with each system's training time and module size read from the module folders' c
 
     .venv/bin/rerank eval grid eval/grid.toml --out reports/grid
     .venv/bin/python eval/modules_table.py reports/grid [--trained runs/modules] [--shipped modules]
+    .venv/bin/python eval/modules_table.py --catalog modules      # one row per module folder: how it was made
 
 Prints Markdown. Times are what each training run recorded (`recipe.seconds`, on the machine it ran on);
 sizes are the module folders' bytes on disk (fp32 as trained; the shipped ones 8-bit).
@@ -56,13 +57,44 @@ def cost(system: str, trained: Path, shipped: Path) -> str:
     return f"task {task[0] / 60:.0f} + lang {mean_t:.0f} min each | task {task[1] / 1e6:.2f} + lang {mean_b:.2f} MB"
 
 
+def catalog_rows(folder: Path) -> None:
+    """One Markdown row per module folder under ``folder``: what it is, what it was trained on, how long, how
+    well (dev MLM loss before → best, or dev MRR before → after the head probe → best), its size."""
+    from rerank.modules.format import module_size
+
+    print("| module | kind | data | steps | time | dev | bits | size |")
+    print("|---|---|---|---:|---:|---|---:|---:|")
+    for cfg_file in sorted(folder.glob("*/module_config.json")):
+        c = json.loads(cfg_file.read_text(encoding="utf-8"))
+        r, d = c.get("recipe") or {}, c.get("data") or {}
+        if c["role"] == "language":
+            files = ", ".join(Path(f["path"]).name for f in d.get("files", []))
+            data = f"{files} ({d.get('characters', 0) / 1e6:.2f}M chars, {d.get('train_documents', 0):,} docs)"
+            dev = f"MLM loss {r.get('dev_loss_before')} → {r.get('dev_loss_best')}"
+        else:
+            data = f"{Path(str(d.get('pairs') or d.get('ir_datasets'))).name} ({d.get('train_queries', 0):,} queries)"
+            probe = r.get("dev_mrr_after_probe")
+            dev = f"MRR {r.get('dev_mrr_before')} → {probe} (probe) → {r.get('dev_mrr_best')}" if probe else \
+                f"MRR {r.get('dev_mrr_before')} → {r.get('dev_mrr_best')}"
+        size = module_size(cfg_file.parent) / 1e6
+        minutes = r.get("seconds", 0) / 60
+        print(f"| {cfg_file.parent.name} | {c['kind']} | {data} | {r.get('steps')} | {minutes:.1f} min | {dev} "
+              f"| {c.get('bits') or 32} | {size:.2f} MB |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("report", type=Path, help="a grid report folder (with grid.csv)")
+    ap.add_argument("report", type=Path, nargs="?", help="a grid report folder (with grid.csv)")
+    ap.add_argument("--catalog", type=Path, help="print one row per module folder in this folder instead")
     ap.add_argument("--trained", type=Path, default=ROOT / "runs" / "modules")
     ap.add_argument("--shipped", type=Path, default=ROOT / "modules")
     ap.add_argument("--doc", default="en", help="document language of the columns")
     a = ap.parse_args()
+    if a.catalog:
+        catalog_rows(a.catalog)
+        return
+    if a.report is None:
+        ap.error("give a grid report folder, or --catalog FOLDER")
     means: dict[tuple[str, str, str], float] = {}
     order: list[str] = []
     with open(a.report / "grid.csv", encoding="utf-8") as f:

@@ -11,8 +11,8 @@ and takes hard negatives from BM25 over the same collection (the top hits that a
 from its page, nor documents containing the query verbatim) — and, with ``random_negatives``, that many
 random documents instead (a model that starts from no notion of relevance first needs the easy
 contrasts: hard negatives alone teach distinctions it cannot make yet). Positives and negatives are both body text
-without titles, and a negative longer than its positive is cut to a window of whole sentences of about
-the positive's length (BM25's top hits run long: on LibreOffice's help, median 137 tokens against the
+without titles, and a negative longer than its positive is cut to its first whole sentences, about the
+positive's length (BM25's top hits run long: on LibreOffice's help, median 137 tokens against the
 positives' 45), so that neither form nor length, only relevance, tells them apart. With ``teacher``,
 the bi-encoder scores every (query, document) so a task module can be trained by distillation
 (margin-MSE).
@@ -45,31 +45,30 @@ def _pseudo_query(doc, method: str, rng: random.Random) -> tuple[str, str] | Non
         if not doc.title or not doc.text.strip():
             return None
         return doc.title, doc.text
-    sentences = [s for s in _SENTENCE_END.split(doc.text) if len(s.split()) >= 4]
-    if len(sentences) < 2:
+    sentences = _SENTENCE_END.split(doc.text)
+    usable = [j for j, s in enumerate(sentences) if len(s.split()) >= 4]  # a query needs some words
+    if len(usable) < 2:
         return None
-    i = rng.randrange(len(sentences))
+    i = usable[rng.randrange(len(usable))]
     keep = rng.random() < ICT_KEEP  # as Lee et al. do: sometimes the sentence stays, so word overlap still counts
+    # the rest keeps every other sentence, short ones too: the positive reads like the negatives
     rest = " ".join(s for j, s in enumerate(sentences) if j != i or keep)
     return sentences[i], rest
 
 
-def crop(text: str, target: int, rng: random.Random) -> str:
-    """A window of whole sentences of ``text`` about ``target`` characters long (the text itself when it is
-    not much longer): it starts at a random sentence and takes sentences until it reaches 80% of
-    ``target`` (earlier ones too, when the text ends first). Text without sentence breaks is cut at a word
-    boundary. Always a substring of ``text``."""
+def crop(text: str, target: int) -> str:
+    """The beginning of ``text``, in whole sentences, about ``target`` characters long (the text itself when it
+    is not much longer): sentences up to 80% of ``target`` at least. Text without sentence breaks is cut at a
+    word boundary. Negatives start where their sections start, as positives do: cut from a random sentence,
+    they taught a first task module that "starts like a section" means relevant (the scores on UDHR varied
+    28 times more with the document than with the query-document pair)."""
     if len(text) <= target * 1.25:
         return text
-    starts = [0] + [m.end() for m in _SENTENCE_END.finditer(text)]
     ends = [m.start() for m in _SENTENCE_END.finditer(text)] + [len(text)]
-    i = rng.randrange(len(starts))
-    j = i
-    while j + 1 < len(ends) and ends[j] - starts[i] < target * 0.8:
+    j = 0
+    while j + 1 < len(ends) and ends[j] < target * 0.8:
         j += 1
-    while i > 0 and ends[j] - starts[i] < target * 0.8:  # the text ended first: reach back
-        i -= 1
-    window = text[starts[i] : ends[j]]
+    window = text[: ends[j]]
     if len(window) > target * 1.5:  # one very long sentence: cut it at a word
         cut = window.rfind(" ", 0, int(target * 1.25))
         window = window[: cut if cut > 0 else int(target * 1.25)]
@@ -136,7 +135,7 @@ def make_pairs(
                 "positive": {"id": d.doc_id, "text": positive},
                 # negatives are formatted like the positive (body text, no title): a title holding the query
                 # would teach "the query's words mean not relevant"
-                "negatives": [{"id": n.doc_id, "text": crop(by_id[n.doc_id].text, len(positive), rng),
+                "negatives": [{"id": n.doc_id, "text": crop(by_id[n.doc_id].text, len(positive)),
                                "bm25": round(n.score, 4)} for n in negs],
             })  # fmt: skip
             if max_queries and len(rows) >= max_queries:
@@ -156,7 +155,7 @@ def make_pairs(
         "source": str(Path(docs_path).resolve()), "method": method, "lang": code, "queries": len(rows),
         "negatives_per_query": negatives, "random_negatives": random_negatives,
         "negatives_from": "BM25 top hits over the same collection; the random ones: any document of another page",
-        "negatives_cut": "to a window of whole sentences of about the positive's length, when longer",
+        "negatives_cut": "to their first sentences, about the positive's length, when longer",
         "documents": len(docs), "skipped_documents": skipped, "teacher": "bi-encoder (e5-small)" if teacher else None,
         "seed": seed,
     }  # fmt: skip
