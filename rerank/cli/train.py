@@ -180,5 +180,7 @@ def task(
     r = m.config.recipe
     out.print(
         f"wrote {out_dir}: {kind} task module ({loss}), {len(m):,} numbers + head, {module_size(out_dir):,} bytes; "
-        f"dev MRR {r['dev_mrr_before']} → {r['dev_mrr_best']} in {r['steps']} steps, {r['seconds']} s"
+        f"dev MRR {r['dev_mrr_before']} → {r['dev_mrr_best']} in {r['steps']} steps, {r['seconds']} s; composed "
+        f"{r['dev_mrr_composed']}, with other queries' documents {r['dev_mrr_shuffled_queries']} (random "
+        f"{r['dev_mrr_random']}: higher means it ranks by how documents look)"
     )

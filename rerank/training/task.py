@@ -346,6 +346,9 @@ def train_task_module(
         train_loss=[(s, round(v, 4)) for s, v in log.train_loss[:: max(1, len(log.train_loss) // 20)]],
         tokens=log.tokens, seconds=round(time.perf_counter() - started, 1),
     )  # fmt: skip
+    composed, shuffled = composed_dev_check(module, lang_module, model, dev_rows, cfg)
+    recipe.update(dev_mrr_composed=round(composed, 4), dev_mrr_shuffled_queries=round(shuffled, 4),
+                  dev_mrr_random=round(_random_mrr(1 + cfg.negatives), 4))  # fmt: skip
     module.config.recipe = recipe
     p = Path(pairs_path)
     source = {"pairs": str(p.resolve()), "sha256": _sha(p)} if from_file else {"ir_datasets": str(pairs_path)}
@@ -356,6 +359,28 @@ def train_task_module(
 
     shutil.rmtree(work, ignore_errors=True)
     return module
+
+
+def _random_mrr(n: int) -> float:
+    return sum(1 / k for k in range(1, n + 1)) / n
+
+
+def composed_dev_check(module, lang_module, model, dev_rows: list[dict], cfg: TaskConfig) -> tuple[float, float]:
+    """The dev MRR of the saved module as a search composes it (a fresh cross-encoder, the language module and
+    this one stacked), and with each group's query swapped for another group's: a model that ranks by what
+    documents look like rather than by how they answer the query keeps its MRR then (random: 1/n Σ 1/k)."""
+    from rerank.scoring.reranker import Reranker
+
+    rr = Reranker(model, kind="cross", max_length=cfg.max_length, head_from_module=True,
+                  modules=[lang_module, module] if lang_module else [module])  # fmt: skip
+    found = {0: [], 1: []}
+    for shift in (0, 1):
+        for j, r in enumerate(dev_rows):
+            q = dev_rows[(j + shift) % len(dev_rows)]["query"]
+            docs = [r["positive"]["text"], *(n["text"] for n in r["negatives"][: cfg.negatives])]
+            s = rr.predict([(q, d) for d in docs])
+            found[shift].append(1.0 / (1 + int((s[1:] > s[0]).sum())))
+    return sum(found[0]) / len(found[0]), sum(found[1]) / len(found[1])
 
 
 def _as_lang_cfg(cfg: TaskConfig):

@@ -80,6 +80,7 @@ def test_task_modules_train_and_stack_with_a_language_module(kind, loss, pairs_f
     start = load_weights(cross, head=True, device=torch.device("cpu"))  # the head training started from
     assert not torch.equal(m.extras["classifier.weight"], start.classifier.weight.detach())  # the head learned
     assert not torch.equal(m.extras["pooler.dense.weight"], start.bert.pooler.dense.weight.detach())
+    assert 0 < r["dev_mrr_composed"] <= 1 and 0 < r["dev_mrr_shuffled_queries"] <= 1 and r["dev_mrr_random"] > 0.4
     pairs = [("right to education", "Everyone has the right to education."), ("slavery", "No one shall be held.")]
     plain = Reranker(cross).predict(pairs)
     stacked = Reranker(cross, modules=[lang, tmp_path / "task"]).predict(pairs)
