@@ -116,8 +116,8 @@ $(TRAINED)/en-task-$(KIND)/module_config.json: $(TRAINED)/en-lang-$(KIND)/module
 	$(BIN)/rerank train task --pairs $(PAIRS) --source-lang en --lang-module $(TRAINED)/en-lang-$(KIND) \
 		--kind $(KIND) $(TASK_ARGS) --out $(@D) --overwrite --quiet 2>&1 | tee $(@D).log
 # synthetic English relevance data: 1,000 inverse-cloze and 1,000 title queries, 7 negatives each (4 from BM25,
-# 3 random); 200 steps of 4 queries see 800 of them
-PAIRS_ARGS := --max-queries 1000 --negatives 7 --random-negatives 3 --overwrite --quiet
+# 3 random), each scored by the bi-encoder (the teacher of --loss listwise-kd); 200 steps of 4 queries see 800
+PAIRS_ARGS := --max-queries 1000 --negatives 7 --random-negatives 3 --teacher --overwrite --quiet
 $(PAIRS): | $(STAMP) train-data
 	mkdir -p $(@D)
 	$(BIN)/rerank train pairs --docs $(TEXT_en) --method ict $(PAIRS_ARGS) --out $(@D)/pairs.ict.jsonl

@@ -126,7 +126,9 @@ def task(
         Path | None, typer.Option("--lang-module", help="The source language's module, applied and frozen.")
     ] = None,
     kind: Annotated[str, typer.Option("--kind", help="sft | shira | lora | adapter.")] = "shira",
-    loss: Annotated[str, typer.Option("--loss", help="pointwise | pairwise | listwise | margin-mse.")] = "listwise",
+    loss: Annotated[
+        str, typer.Option("--loss", help="pointwise | pairwise | listwise | margin-mse | listwise-kd (teacher).")
+    ] = "listwise",
     density: Annotated[str, typer.Option("--density", help="sft/shira: share of entries trained.")] = "2%",
     rank: Annotated[int, typer.Option("--rank", min=1, help="lora: rank.")] = 8,
     reduction: Annotated[int, typer.Option("--reduction", min=1, help="adapter: bottleneck reduction.")] = 16,

@@ -29,7 +29,9 @@ from rerank.errors import RerankError
 from rerank.training.lang import DEFAULT_LR, KINDS, _sha, _train_adapter, _train_lora, _train_sparse
 from rerank.training.loop import LoopConfig
 
-LOSSES = ("pointwise", "pairwise", "listwise", "margin-mse")
+LOSSES = ("pointwise", "pairwise", "listwise", "margin-mse", "listwise-kd")
+TEACHER_LOSSES = ("margin-mse", "listwise-kd")
+TEACHER_TEMPERATURE = 0.01  # multilingual-e5's contrastive temperature: cosine / 0.01 are its logits
 # fine-tuning rates of the module after the head is probed: a fifth of the language modules' (which adapt to
 # a new language from plenty of text); the head keeps its own (TaskConfig.head_lr)
 TASK_LR = {kind: lr / 5 for kind, lr in DEFAULT_LR.items()}
@@ -160,7 +162,7 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
             bar.update(len(b))
     feats = feats.view(len(take), n, -1)
     teacher = None
-    if cfg.loss == "margin-mse":
+    if cfg.loss in TEACHER_LOSSES:
         teacher = torch.tensor([(r["teacher"] + [r["teacher"][-1]] * 64)[:n] for r in take])
     for p in head:
         p.requires_grad_(True)
@@ -195,8 +197,15 @@ def ranking_loss(scores: torch.Tensor, loss: str, teacher: torch.Tensor | None =
     if loss == "listwise":
         return torch.nn.functional.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long))
     if teacher is None:
-        raise RerankError("margin-mse needs teacher scores", hint="make the pairs with `rerank train pairs --teacher`")
-    return torch.nn.functional.mse_loss(pos - neg, teacher[:, :1] - teacher[:, 1:])
+        raise RerankError(f"{loss} needs teacher scores", hint="make the pairs with `rerank train pairs --teacher`")
+    t = teacher / TEACHER_TEMPERATURE  # the bi-encoder's cosines as the logits it was trained with
+    if loss == "margin-mse":
+        return torch.nn.functional.mse_loss(pos - neg, t[:, :1] - t[:, 1:])
+    # listwise-kd: the label's cross-entropy plus the KL divergence from the teacher's distribution over the group
+    label = torch.nn.functional.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long))
+    kd = torch.nn.functional.kl_div(torch.log_softmax(scores, -1), torch.log_softmax(t, -1), log_target=True,
+                                    reduction="batchmean")  # fmt: skip
+    return label + kd
 
 
 def train_task_module(
@@ -236,9 +245,9 @@ def train_task_module(
     # an ir_datasets id (no file): as many queries as the steps take, and a dev split
     need = cfg.max_queries or (None if from_file else cfg.max_steps * cfg.batch_queries * cfg.grad_accum * 21 // 20)
     rows = read_pairs(pairs_path, max_queries=need)
-    if cfg.loss == "margin-mse" and any("teacher" not in r for r in rows):
+    if cfg.loss in TEACHER_LOSSES and any("teacher" not in r for r in rows):
         raise RerankError(
-            "margin-mse needs teacher scores in every training query", hint="rerank train pairs --teacher"
+            f"{cfg.loss} needs teacher scores in every training query", hint="rerank train pairs --teacher"
         )
     train_rows, dev_rows = _split(rows)
     info = resolve_model(model)
@@ -286,7 +295,7 @@ def train_task_module(
         b = batch(i)
         scores, tokens = group_scores(net, tok, b, cfg.negatives, cfg.max_length, cfg.list_head)
         teacher = None
-        if cfg.loss == "margin-mse":
+        if cfg.loss in TEACHER_LOSSES:
             teacher = torch.tensor([(r["teacher"] + [r["teacher"][-1]] * 64)[: 1 + cfg.negatives] for r in b])
         loss = ranking_loss(scores, cfg.loss, teacher)
         if extra is not None:

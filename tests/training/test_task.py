@@ -230,3 +230,24 @@ def test_pairs_from_an_ir_datasets_id(pairs_file, tmp_path, monkeypatch):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     with pytest.raises(RerankError, match="could not read msmarco-passage/train/triples-small here"):
         read_pairs("msmarco-passage/train/triples-small", max_queries=10)  # not downloaded; no internet
+
+
+def test_distillation_from_the_bi_encoder(udhr_dir, tiny_bert, tmp_path):
+    from rerank.training.pairs import make_pairs, read_pairs
+    from rerank.training.task import TEACHER_TEMPERATURE, TaskConfig, ranking_loss, train_task_module
+
+    out = tmp_path / "pairs.jsonl"
+    make_pairs(udhr_dir / "docs.en.jsonl", out, lang="en", negatives=3, random_negatives=1, max_queries=8,
+               teacher=True, progress=False)  # fmt: skip
+    rows = read_pairs(out)
+    assert all(len(r["teacher"]) == 4 and all(0 < t <= 1 for t in r["teacher"]) for r in rows)  # cosines
+    assert sum(r["teacher"][0] > max(r["teacher"][1:]) for r in rows) >= len(rows) // 2  # the teacher knows a bit
+    t = torch.tensor([r["teacher"] for r in rows])
+    # a student that equals the teacher pays only the label's cross-entropy; another one pays more
+    ce = torch.nn.functional.cross_entropy(t / TEACHER_TEMPERATURE, torch.zeros(len(t), dtype=torch.long))
+    torch.testing.assert_close(ranking_loss(t / TEACHER_TEMPERATURE, "listwise-kd", t), ce)
+    assert ranking_loss(torch.zeros_like(t), "listwise-kd", t) > ranking_loss(torch.zeros_like(t), "listwise", t)
+    cfg = TaskConfig(kind="lora", loss="listwise-kd", max_steps=2, batch_queries=2, negatives=3, max_length=64,
+                     probe_queries=4, probe_epochs=1)  # fmt: skip
+    m = train_task_module(out, tmp_path / "kd", cfg, model=tiny_bert, progress=False)
+    assert m.config.recipe["loss"] == "listwise-kd" and m.config.recipe["probe"]["queries"] == 4
