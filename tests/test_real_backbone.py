@@ -31,7 +31,7 @@ def test_kyrgyz_and_uyghur_queries_find_english_documents_through_dense(e5_en_in
     from rerank.pipeline import Pipeline
 
     qrels = read_qrels(udhr_dir / "qrels.en.txt")
-    with Pipeline(e5_en_index) as pipe:
+    with Pipeline(e5_en_index, modules=None) as pipe:
         assert pipe.reranker_kind == "none"  # auto: no bi-encoder after its own embeddings
         for lang, floor in (("ky", 0.55), ("ug", 0.4)):
             queries = read_topics(udhr_dir / f"topics.{lang}.tsv", "tsv", lang)
