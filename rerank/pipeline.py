@@ -6,7 +6,9 @@
 
 ``first_stage="auto"`` chooses by the query and document languages (:func:`choose_first_stage`).
 ``reranker="auto"`` is the cross-encoder when the model folder has a ranking head or a shipped task
-module brings one (``modules="auto"``: the task module stacked with the query language's module); else the
+module brings one (``modules="auto"``: the task module stacked with the query language's module); its order
+is fused with the first stage's (RRF, k=60) at the weight the task module's dev split chose
+(``first_stage_weight="auto"``; 0: the cross-encoder's order alone). Else the
 bi-encoder — except after a dense or hybrid first stage of the same backbone, where re-scoring by the
 same embeddings would only undo the fusion (measured: hybrid 0.912 → hybrid+bi 0.889 within a
 language), so nothing is reranked then. Results deeper than ``depth`` keep their first-stage order
@@ -68,7 +70,7 @@ class Pipeline:
                  fusion_weights: Sequence[float] | None = None, device: str | None = None,
                  max_length: int | None = None, analyzer: str | None = None,
                  modules: Sequence | Mapping | str | None = "auto", module_density: float | None = None,
-                 module_rank: int | None = None):
+                 module_rank: int | None = None, first_stage_weight: float | str | None = "auto"):
         from rerank.indexes.bm25 import BM25Index
         from rerank.indexes.dense import dense_path
 
@@ -92,6 +94,17 @@ class Pipeline:
 
             read_dense_meta(self.path)  # raises the "no dense index" error with the command that adds one
         self.first_stage, self.reranker_kind = first_stage, reranker
+        if first_stage_weight is not None and first_stage_weight != "auto":
+            try:
+                first_stage_weight = float(first_stage_weight)
+            except (TypeError, ValueError):
+                first_stage_weight = -1.0
+            if not first_stage_weight >= 0:
+                raise RerankError(
+                    "the first-stage weight is a number ≥ 0 or auto",
+                    hint="e.g. --first-stage-weight 0.5 (0: the cross-encoder's order alone)",
+                )
+        self.first_stage_weight = first_stage_weight
         self.depth, self.fusion_k = depth, fusion_k
         self.fusion_weights = tuple(float(w) for w in fusion_weights) if fusion_weights is not None else None
         self.device, self.max_length = device, max_length
@@ -231,9 +244,10 @@ class Pipeline:
             for mods, qs in groups.items():
                 if self.modules:
                     self.composer.switch(list(mods), self.module_density, self.module_rank)
+                weight = self.fusion_weight(mods)
                 for q in qs:
                     cands = first[q.query_id][: self.depth]
-                    final[q.query_id] = self._rerank(q, cands, first[q.query_id][self.depth :])[:k]
+                    final[q.query_id] = self._rerank(q, cands, first[q.query_id][self.depth :], weight)[:k]
                     bar.update(1)
         return {q.query_id: final[q.query_id] for q in queries}, first
 
@@ -254,7 +268,22 @@ class Pipeline:
         """The reranker's weights under module composition (built on first use)."""
         return self.reranker.composer
 
-    def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc]) -> list[ScoredDoc]:
+    def fusion_weight(self, mods: Sequence[str]) -> float:
+        """The first stage's weight when its ranking is fused (RRF, k=60) with the cross-encoder's: the
+        number given, or with ``auto`` the one the stacked task module's dev split chose (its recipe's
+        ``fusion``; 0 — the cross-encoder's order alone — when it records none)."""
+        if self.reranker_kind != "cross":
+            return 0.0
+        if self.first_stage_weight != "auto":
+            return float(self.first_stage_weight or 0.0)
+        for path in mods:
+            recipe = _module_recipe(str(path))
+            if recipe.get("fusion"):
+                return float(recipe["fusion"].get("first_stage_weight", 0.0))
+        return 0.0
+
+    def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc], weight: float = 0.0,
+                ) -> list[ScoredDoc]:
         if not cands:
             return []
         rr = self.reranker
@@ -263,6 +292,10 @@ class Pipeline:
         else:
             docs = self.bm25.docstore.get_many([c.doc_id for c in cands])
             ranked = rr.rerank(q.query_id, q.text, cands, {d: doc.contents for d, doc in docs.items()})
+        if weight > 0:
+            from rerank.indexes.fusion import rrf
+
+            ranked = rrf([ranked, cands], [1.0, weight], DEFAULT_K, query_id=q.query_id)
         floor = min((s.score for s in ranked if s.score > float("-inf")), default=0.0)
         return ranked + [ScoredDoc(q.query_id, t.doc_id, floor - 1.0 - i) for i, t in enumerate(tail)]
 
@@ -312,6 +345,19 @@ def _module_map(modules) -> dict[str, tuple]:
     if len(by_lang) < 2:
         return {"*": tuple(paths)}
     return {"*": tuple(common), **{lang: tuple(ps + common) for lang, ps in by_lang.items()}}
+
+
+def _module_recipe(path: str) -> dict:
+    """A task module's recipe ({} when it has none or cannot be read)."""
+    import json
+    from pathlib import Path
+
+    try:
+        raw = json.loads((Path(path) / "module_config.json").read_text(encoding="utf-8"))
+        recipe = raw.get("recipe") if raw.get("role") == "task" else None
+        return recipe if isinstance(recipe, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _module_role(path: str) -> tuple[str, str] | None:

@@ -50,6 +50,14 @@ def search(
     module_rank: Annotated[
         int | None, typer.Option("--module-rank", min=1, help="Keep the first r ranks of each LoRA module.")
     ] = None,
+    first_stage_weight: Annotated[
+        str,
+        typer.Option(
+            "--first-stage-weight",
+            help="Fuse the cross-encoder's order with the first stage's (RRF, k=60; the cross-encoder weighs 1). "
+            "auto: the weight the task module's dev split chose; 0: the cross-encoder's order alone.",
+        ),
+    ] = "auto",
     depth: Annotated[int, typer.Option("--depth", min=1, help="How many first-stage results are reranked.")] = 100,
     fusion_weights: Annotated[
         str | None, typer.Option("--fusion-weights", help="RRF weights bm25,dense for hybrid, e.g. 0.25,1.")
@@ -118,6 +126,7 @@ def search(
         modules=_modules(modules),
         module_density=parse_density(module_density) if module_density else None,
         module_rank=module_rank,
+        first_stage_weight=first_stage_weight.strip().lower() or "auto",
     )
     try:
         stage = pipe.plan(code or None)
@@ -162,7 +171,9 @@ def _say_modules(pipe, queries) -> None:
         mods = pipe.modules_for(lang)
         if mods:
             names = " + ".join(_short(m) for m in mods)
-            err.print(f"modules{f' for {lang} queries' if lang else ''}: {names}")
+            w = pipe.fusion_weight(mods)
+            fused = f"; fused with the first stage at weight {w:g} (--first-stage-weight)" if w else ""
+            err.print(f"modules{f' for {lang} queries' if lang else ''}: {names}{fused}")
 
 
 def _short(path: str) -> str:
@@ -191,6 +202,8 @@ def _system_name(stage, pipe) -> str:
     first = "hybrid" if stage.kind == "hybrid" else stage.kind
     if pipe.reranker_kind == "none":
         return first
+    if pipe.reranker_kind == "cross" and pipe.first_stage_weight not in ("auto", None, 0.0):
+        return f"{first}+{pipe.reranker.kind}@{pipe.first_stage_weight:g}"
     return f"{first}+{pipe.reranker.kind}"
 
 

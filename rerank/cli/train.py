@@ -184,5 +184,31 @@ def task(
         f"wrote {out_dir}: {kind} task module ({loss}), {len(m):,} numbers + head, {module_size(out_dir):,} bytes; "
         f"dev MRR {r['dev_mrr_before']} → {r['dev_mrr_best']} in {r['steps']} steps, {r['seconds']} s; composed "
         f"{r['dev_mrr_composed']}, with other queries' documents {r['dev_mrr_shuffled_queries']} (random "
-        f"{r['dev_mrr_random']}: higher means it ranks by how documents look)"
+        f"{r['dev_mrr_random']}: higher means it ranks by how documents look)" + _fusion_line(r)
+    )
+
+
+def _fusion_line(r: dict) -> str:
+    f = r.get("fusion")
+    if not f:
+        return ""
+    return (f"; bi-encoder {r['dev_mrr_teacher']}, fused with it at first-stage weight {f['first_stage_weight']} "
+            f"{f['dev_mrr']} (what search does by default)")  # fmt: skip
+
+
+@app.command("check")
+@user_errors
+def check(
+    module_dir: Annotated[Path, typer.Argument(help="A task module written by rerank train task.")],
+    pairs_file: Annotated[Path, typer.Option("--pairs", help="The pairs file it was trained on (hash checked).")],
+    model: Annotated[Path | None, typer.Option("--model", help="Backbone [default: embedded e5-small].")] = None,
+) -> None:
+    """Run the dev checks of a trained task module again (composed MRR, shuffled queries, bi-encoder, the
+    first-stage fusion weight) on its own dev split and record them in its config."""
+    from rerank.training.task import recheck_task_module
+
+    r = recheck_task_module(module_dir, pairs_file, model=model)
+    out.print(
+        f"{module_dir}: dev MRR composed {r['dev_mrr_composed']}, with other queries' documents "
+        f"{r['dev_mrr_shuffled_queries']} (random {r['dev_mrr_random']})" + _fusion_line(r)
     )

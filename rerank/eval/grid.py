@@ -21,7 +21,8 @@ A grid is a TOML file::
     reranker = "bi"                          # none | bi | cross | auto
     # model = "path", modules = ["modules/ky-lang", …] or "auto" (the shipped ones, as `rerank search` stacks
     # them), module_density = "2%", module_rank = 8,
-    # depth = 100, fusion_weights = [1.0, 1.0], requires = ["modules/en-task"]
+    # depth = 100, fusion_weights = [1.0, 1.0], requires = ["modules/en-task"],
+    # first_stage_weight = 0 (cross-encoder's order alone; default "auto": the task module's dev choice)
 
 Runs are cached under ``<out>/runs/`` with a key over the system's settings, the topic file, the index
 files and the fingerprints of the backbone and modules: a grid run again reuses every run whose key
@@ -44,7 +45,7 @@ TOP_KEYS = {"title", "metrics", "baseline", "k", "test", "alpha", "collection", 
 COLLECTION_KEYS = {"docs", "index", "topics", "qrels", "doc_langs", "query_langs"}
 SYSTEM_KEYS = {
     "name", "first_stage", "reranker", "model", "dense_model", "modules", "module_density", "module_rank", "depth",
-    "fusion_weights", "fusion_k", "max_length", "requires",
+    "fusion_weights", "fusion_k", "max_length", "requires", "first_stage_weight",
 }  # fmt: skip
 
 
@@ -244,6 +245,7 @@ def _pipeline(Pipeline, index: Path, s: dict):
         "fusion_k": float(s.get("fusion_k", 60.0)),
         "fusion_weights": tuple(s["fusion_weights"]) if s.get("fusion_weights") else None,
         "max_length": s.get("max_length"),
+        "first_stage_weight": s.get("first_stage_weight", "auto"),
     }
     return Pipeline(index, **kwargs)
 

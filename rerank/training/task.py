@@ -355,9 +355,7 @@ def train_task_module(
         train_loss=[(s, round(v, 4)) for s, v in log.train_loss[:: max(1, len(log.train_loss) // 20)]],
         tokens=log.tokens, seconds=round(time.perf_counter() - started, 1),
     )  # fmt: skip
-    composed, shuffled = composed_dev_check(module, lang_module, model, dev_rows, cfg)
-    recipe.update(dev_mrr_composed=round(composed, 4), dev_mrr_shuffled_queries=round(shuffled, 4),
-                  dev_mrr_random=round(_random_mrr(1 + cfg.negatives), 4))  # fmt: skip
+    recipe.update(dev_checks(module, lang_module, model, dev_rows, cfg.negatives, cfg.max_length))
     module.config.recipe = recipe
     p = Path(pairs_path)
     source = {"pairs": str(p.resolve()), "sha256": _sha(p)} if from_file else {"ir_datasets": str(pairs_path)}
@@ -374,22 +372,108 @@ def _random_mrr(n: int) -> float:
     return sum(1 / k for k in range(1, n + 1)) / n
 
 
-def composed_dev_check(module, lang_module, model, dev_rows: list[dict], cfg: TaskConfig) -> tuple[float, float]:
-    """The dev MRR of the saved module as a search composes it (a fresh cross-encoder, the language module and
-    this one stacked), and with each group's query swapped for another group's: a model that ranks by what
-    documents look like rather than by how they answer the query keeps its MRR then (random: 1/n Σ 1/k)."""
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # the first stage's RRF weight, the cross-encoder's is 1
+
+
+def dev_checks(module, lang_module, model, dev_rows: list[dict], negatives: int, max_length: int) -> dict:
+    """The final checks on the dev split, recorded in the module's recipe:
+
+    * ``dev_mrr_composed``: the saved module as a search composes it (a fresh cross-encoder, the language
+      module and this one stacked);
+    * ``dev_mrr_shuffled_queries``: each group's query swapped for another group's — a model that ranks by
+      what documents look like rather than by how they answer the query keeps its MRR then;
+    * ``dev_mrr_random``: 1/n Σ 1/k;
+    * with teacher scores in the pairs: ``dev_mrr_teacher`` (the bi-encoder on the same groups) and
+      ``fusion``: the weight of the first stage in reciprocal-rank fusion (k=60) with the cross-encoder's
+      ranking that maximises dev MRR (bi-encoder as the first stage; ties go to the smaller weight).
+      ``rerank search`` fuses with that weight by default (``--first-stage-weight``)."""
+    from rerank.indexes.fusion import DEFAULT_K
     from rerank.scoring.reranker import Reranker
 
-    rr = Reranker(model, kind="cross", max_length=cfg.max_length, head_from_module=True,
+    rr = Reranker(model, kind="cross", max_length=max_length, head_from_module=True,
                   modules=[lang_module, module] if lang_module else [module])  # fmt: skip
-    found = {0: [], 1: []}
+    found: dict[int, list[float]] = {0: [], 1: []}
+    kept: list[list[float]] = []
     for shift in (0, 1):
         for j, r in enumerate(dev_rows):
             q = dev_rows[(j + shift) % len(dev_rows)]["query"]
-            docs = [r["positive"]["text"], *(n["text"] for n in r["negatives"][: cfg.negatives])]
+            docs = [r["positive"]["text"], *(n["text"] for n in r["negatives"][:negatives])]
             s = rr.predict([(q, d) for d in docs])
             found[shift].append(1.0 / (1 + int((s[1:] > s[0]).sum())))
-    return sum(found[0]) / len(found[0]), sum(found[1]) / len(found[1])
+            if shift == 0:
+                kept.append([float(x) for x in s])
+    out = {"dev_mrr_composed": round(_mean(found[0]), 4), "dev_mrr_shuffled_queries": round(_mean(found[1]), 4),
+           "dev_mrr_random": round(_random_mrr(1 + negatives), 4)}  # fmt: skip
+    if dev_rows and all("teacher" in r for r in dev_rows):
+        teacher = [list(r["teacher"][: len(s)]) for r, s in zip(dev_rows, kept, strict=True)]
+        out["dev_mrr_teacher"] = round(_mean([_rr(t) for t in teacher]), 4)
+        out["fusion"] = fusion_choice(kept, teacher, DEFAULT_K)
+    return out
+
+
+def fusion_choice(cross: list[list[float]], first: list[list[float]], k: float) -> dict:
+    """The first stage's RRF weight (the cross-encoder's is 1) with the best MRR over groups whose entry 0
+    is the positive; ties go to the smaller weight."""
+    grid = {w: _mean([_rr(_rrf_scores(c, f, w, k)) for c, f in zip(cross, first, strict=True)])
+            for w in FUSION_WEIGHTS}  # fmt: skip
+    best = max(FUSION_WEIGHTS, key=lambda w: (round(grid[w], 6), -w))
+    return {"k": k, "first_stage_weight": best, "dev_mrr": round(grid[best], 4),
+            "dev_mrr_by_weight": {str(w): round(v, 4) for w, v in grid.items()}}  # fmt: skip
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _rr(scores) -> float:
+    """Reciprocal rank of entry 0 (the positive); ties count against it, as in training's dev MRR."""
+    return 1.0 / (1 + sum(1 for x in scores[1:] if x > scores[0]))
+
+
+def _ranks(scores) -> list[int]:
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    ranks = [0] * len(scores)
+    for r, i in enumerate(order, start=1):
+        ranks[i] = r
+    return ranks
+
+
+def _rrf_scores(cross, first, weight: float, k: float) -> list[float]:
+    rc, rf = _ranks(cross), _ranks(first)
+    return [1.0 / (k + a) + weight / (k + b) for a, b in zip(rc, rf, strict=True)]
+
+
+def recheck_task_module(path, pairs_path, model=None, progress: bool = True) -> dict:
+    """Run :func:`dev_checks` again on a trained task module (same pairs file, same dev split) and store
+    the results in its recipe — for modules trained before a check existed. The config is rewritten
+    atomically; the weights are not touched."""
+    import json
+
+    from rerank.modules.format import CONFIG_FILE
+    from rerank.training.pairs import read_pairs
+
+    path, p = Path(path), Path(pairs_path)
+    cfg_file = path / CONFIG_FILE
+    try:
+        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RerankError(f"{path} is not a module folder ({e.__class__.__name__})",
+                          hint="give a folder written by rerank train task") from None  # fmt: skip
+    recipe, data = raw.get("recipe") or {}, raw.get("data") or {}
+    if raw.get("role") != "task" or "negatives" not in recipe:
+        raise RerankError(f"{path} is not a trained task module", hint="give a folder written by rerank train task")
+    if data.get("sha256") and data["sha256"] != _sha(p):
+        raise RerankError(f"{p} is not the pairs file {path} was trained on (its sha256 differs)",
+                          hint=f"give {data.get('pairs')}")  # fmt: skip
+    rows = read_pairs(p, max_queries=data.get("queries"))
+    _, dev_rows = _split(rows)
+    below = (recipe.get("language_module") or {}).get("path")
+    recipe.update(dev_checks(path, below, model, dev_rows, recipe["negatives"], recipe["max_length"]))
+    raw["recipe"] = recipe
+    tmp = cfg_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, cfg_file)
+    return recipe
 
 
 def _as_lang_cfg(cfg: TaskConfig):

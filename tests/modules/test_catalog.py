@@ -153,3 +153,48 @@ depth = 10
     pairs = [(s.query_id, s.doc_id) for s in got]
     assert pairs == [(s.query_id, s.doc_id) for q in queries for s in want[q.query_id]]
     assert pairs != [(s.query_id, s.doc_id) for q in queries for s in plain[q.query_id]]
+
+
+@pytest.mark.java
+def test_a_task_module_that_chose_a_first_stage_weight_on_dev_fuses_with_the_first_stage(
+        shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys):  # fmt: skip
+    import json
+    import shutil
+
+    from rerank.cli.main import main
+    from rerank.indexes.fusion import rrf
+    from rerank.pipeline import Pipeline
+    from rerank.types import Query
+
+    home = tmp_path / "modules"
+    shutil.copytree(shipped, home)
+    cfg_file = home / "en-task-lora" / "module_config.json"
+    raw = json.loads(cfg_file.read_text())
+    raw["recipe"]["fusion"] = {"k": 60, "first_stage_weight": 2.0}
+    cfg_file.write_text(json.dumps(raw))
+    monkeypatch.setenv("RERANK_MODULES", str(home))
+    qs = [Query("q1", "Everyone has the right to education", "ky"), Query("q2", "freedom of movement", "en")]
+    kw = dict(first_stage="bm25", model=tiny_bert, depth=10)
+    with Pipeline(tiny_dense_index, **kw) as p:
+        assert p.fusion_weight(p.modules_for("ky")) == 2.0
+        fused, first = p.run(qs, k=10)
+    with Pipeline(tiny_dense_index, first_stage_weight=0, **kw) as p:
+        alone = p.batch_search(qs, k=10)
+    for q in qs:
+        want = rrf([alone[q.query_id], first[q.query_id][:10]], [1.0, 2.0], 60, query_id=q.query_id)
+        assert [s.doc_id for s in fused[q.query_id]] == [s.doc_id for s in want]
+        assert [s.doc_id for s in alone[q.query_id]] != [s.doc_id for s in first[q.query_id][:10]]
+
+    def search(*extra):
+        with pytest.raises(SystemExit) as e:
+            main(["search", "--index", str(tiny_dense_index), "--first-stage", "bm25", "--model", str(tiny_bert),
+                  "--lang", "ky", "right to education", "-k", "3", *extra])  # fmt: skip
+        return e.value.code, capsys.readouterr()
+
+    code, cap = search()
+    assert code == 0 and "fused with the first stage at weight 2" in cap.err, cap.err
+    code, cap = search("--first-stage-weight", "0")
+    assert code == 0 and "fused" not in cap.err
+    for bad in ("-1", "lots"):
+        code, cap = search("--first-stage-weight", bad)
+        assert code == 2 and "first-stage weight is a number ≥ 0 or auto" in cap.err and "Traceback" not in cap.err

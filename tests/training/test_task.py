@@ -234,7 +234,13 @@ def test_pairs_from_an_ir_datasets_id(pairs_file, tmp_path, monkeypatch):
 
 def test_distillation_from_the_bi_encoder(udhr_dir, tiny_bert, tmp_path):
     from rerank.training.pairs import make_pairs, read_pairs
-    from rerank.training.task import TEACHER_TEMPERATURE, TaskConfig, ranking_loss, train_task_module
+    from rerank.training.task import (
+        FUSION_WEIGHTS,
+        TEACHER_TEMPERATURE,
+        TaskConfig,
+        ranking_loss,
+        train_task_module,
+    )
 
     out = tmp_path / "pairs.jsonl"
     make_pairs(udhr_dir / "docs.en.jsonl", out, lang="en", negatives=3, random_negatives=1, max_queries=8,
@@ -250,4 +256,42 @@ def test_distillation_from_the_bi_encoder(udhr_dir, tiny_bert, tmp_path):
     cfg = TaskConfig(kind="lora", loss="listwise-kd", max_steps=2, batch_queries=2, negatives=3, max_length=64,
                      probe_queries=4, probe_epochs=1)  # fmt: skip
     m = train_task_module(out, tmp_path / "kd", cfg, model=tiny_bert, progress=False)
-    assert m.config.recipe["loss"] == "listwise-kd" and m.config.recipe["probe"]["queries"] == 4
+    r = m.config.recipe
+    assert r["loss"] == "listwise-kd" and r["probe"]["queries"] == 4
+    # with a teacher, the dev split also measures the bi-encoder and chooses the first stage's fusion weight
+    assert 0 < r["dev_mrr_teacher"] <= 1 and r["fusion"]["first_stage_weight"] in FUSION_WEIGHTS
+    assert r["fusion"]["dev_mrr"] == max(r["fusion"]["dev_mrr_by_weight"].values())
+    assert r["fusion"]["dev_mrr_by_weight"]["0.0"] == r["dev_mrr_composed"]  # weight 0: the cross-encoder alone
+    # `rerank train check` runs the dev checks again and records them; another pairs file is refused
+    import json
+
+    from rerank.cli.main import main
+
+    cfg_file = tmp_path / "kd" / "module_config.json"
+    raw = json.loads(cfg_file.read_text())
+    del raw["recipe"]["fusion"], raw["recipe"]["dev_mrr_teacher"]
+    cfg_file.write_text(json.dumps(raw))
+    with pytest.raises(SystemExit) as e:
+        main(["train", "check", str(tmp_path / "kd"), "--pairs", str(out), "--model", str(tiny_bert)])
+    assert e.value.code == 0
+    again = json.loads(cfg_file.read_text())["recipe"]
+    assert again["fusion"] == r["fusion"] and again["dev_mrr_teacher"] == r["dev_mrr_teacher"]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(reversed(out.read_text().splitlines(keepends=True))))  # the rows in another order
+    with pytest.raises(SystemExit) as e:
+        main(["train", "check", str(tmp_path / "kd"), "--pairs", str(other), "--model", str(tiny_bert)])
+    assert e.value.code == 2
+
+
+def test_the_first_stage_fusion_weight_is_the_one_with_the_best_dev_mrr():
+    from rerank.training.task import fusion_choice
+
+    rng = np.random.default_rng(0)
+    # the first stage finds the positive (entry 0) nearly always; the cross-encoder is noise: fusion leans on
+    # the first stage, and its dev MRR is the first stage's
+    first = [[1.0, *rng.uniform(0, 0.9, 7)] for _ in range(50)]
+    noise = [list(rng.normal(size=8)) for _ in range(50)]
+    f = fusion_choice(noise, first, 60)
+    assert f["first_stage_weight"] > 1 and f["dev_mrr"] == 1.0 and f["dev_mrr_by_weight"]["0.0"] < 0.6
+    # a perfect cross-encoder: the cross-encoder alone (weight 0 wins the tie)
+    assert fusion_choice(first, noise, 60)["first_stage_weight"] == 0.0
