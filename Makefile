@@ -98,7 +98,9 @@ TEXT_de    := data/lohelp/docs.de.jsonl
 TEXT_ru    := data/lohelp/docs.ru.jsonl
 MOD_LANGS  := ky ug tr en de ru
 LANG_ARGS  := --max-steps 250 --eval-every 50 --seq-len 128 --batch-size 16 --time-budget 28m
-TASK_ARGS  := --loss listwise --max-steps 200 --batch-queries 4 --negatives 7 --max-length 192 --eval-every 50 \
+# listwise-kd: the label's cross-entropy + KL to the bi-encoder's distribution (modules/README.md has the dev
+# figures of both losses)
+TASK_ARGS  := --loss listwise-kd --max-steps 200 --batch-queries 4 --negatives 7 --max-length 192 --eval-every 50 \
 	--time-budget 28m
 PAIRS      := runs/train/pairs.jsonl
 SHIP_MODS  := $(foreach l,$(MOD_LANGS),modules/$(l)-lang-$(SHIPPED)) modules/en-task-$(SHIPPED)
