@@ -67,3 +67,34 @@ def test_reranker_api_with_the_default_model(udhr_dir):
     assert hits / len(topics) > 0.5
     ranked = rr.rank(topics[0].text, [d.contents for d in docs[:5]], top_k=3)
     assert [r["corpus_id"] for r in ranked] == list((-scores[0, :5]).argsort(kind="stable")[:3])
+
+
+def test_the_shipped_modules_are_stacked_by_default_and_fused_with_the_first_stage(e5_en_index, udhr_dir):
+    import json
+
+    from rerank.backbone import resolve_model
+    from rerank.modules.catalog import catalog, modules_home
+    from rerank.modules.format import module_size
+    from rerank.pipeline import Pipeline
+
+    home = modules_home()
+    fp = resolve_model(None).fingerprint
+    shipped = {e.path.name: e for e in catalog(home) if e.fingerprint == fp}
+    for lang in ("ky", "ug", "tr", "en"):
+        assert f"{lang}-lang-shira" in shipped
+    assert shipped["en-task-shira"].role == "task" and shipped["en-task-shira"].trained_on == "shira"
+    for name in shipped:
+        raw = json.loads((home / name / "module_config.json").read_text(encoding="utf-8"))
+        assert raw["bits"] == 8 and module_size(home / name) <= 4_000_000  # the size target
+        assert raw["recipe"]["seconds"] <= 30 * 60  # each trains in at most 30 minutes here
+    task = json.loads((home / "en-task-shira" / "module_config.json").read_text(encoding="utf-8"))["recipe"]
+    qrels = read_qrels(udhr_dir / "qrels.en.txt")
+    queries = read_topics(udhr_dir / "topics.ky.tsv", "tsv", "ky")
+    with Pipeline(e5_en_index) as pipe:
+        assert pipe.reranker_kind == "cross"
+        mods = pipe.modules_for("ky")
+        assert [p.split("/")[-1] for p in mods] == ["ky-lang-shira", "en-task-shira"]
+        assert pipe.fusion_weight(mods) == task["fusion"]["first_stage_weight"]
+        final, first = pipe.run(queries, k=100)
+    assert any([s.doc_id for s in final[q]] != [s.doc_id for s in first[q]] for q in final)  # it reordered
+    assert ndcg10(qrels, final) >= ndcg10(qrels, first) - 0.05
