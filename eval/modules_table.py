@@ -76,6 +76,10 @@ def catalog_rows(folder: Path) -> None:
             probe = r.get("dev_mrr_after_probe")
             dev = f"MRR {r.get('dev_mrr_before')} → {probe} (probe) → {r.get('dev_mrr_best')}" if probe else \
                 f"MRR {r.get('dev_mrr_before')} → {r.get('dev_mrr_best')}"
+            if r.get("fusion"):
+                f = r["fusion"]
+                w = f["first_stage_weight"]
+                dev += f"; bi-encoder {r.get('dev_mrr_teacher')}; fused (weight {w:g}) {f['dev_mrr']}"
         size = module_size(cfg_file.parent) / 1e6
         minutes = r.get("seconds", 0) / 60
         print(f"| {cfg_file.parent.name} | {c['kind']} | {data} | {r.get('steps')} | {minutes:.1f} min | {dev} "
