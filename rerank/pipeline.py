@@ -6,7 +6,9 @@
 
 ``first_stage="auto"`` chooses by the query and document languages (:func:`choose_first_stage`).
 ``reranker="auto"`` is the cross-encoder when the model folder has a ranking head or a shipped task
-module brings one (``modules="auto"``: the task module stacked with the query language's module); its order
+module brings one (``modules="auto"``: the task module stacked with the query language's module — only if
+on its own dev split its cross-encoder ranks at least as well as the bi-encoder; ``reranker="cross"``
+stacks it regardless, :func:`rerank.modules.catalog.task_verdict`); its order
 is fused with the first stage's (RRF, k=60) at the weight the task module's dev split chose
 (``first_stage_weight="auto"``; 0: the cross-encoder's order alone). Else the
 bi-encoder — except after a dense or hybrid first stage of the same backbone, where re-scoring by the
@@ -112,15 +114,19 @@ class Pipeline:
         self._dense = None
         self._reranker = None
         self._auto_fingerprint = None  # modules="auto": the backbone whose shipped modules are stacked
+        self.auto_note: str | None = None  # why modules="auto" stacked nothing although modules are shipped
         if isinstance(modules, str) and modules == "auto":
             modules = None
             if reranker in ("auto", "cross"):
-                from rerank.modules.catalog import default_stack
+                from rerank.modules.catalog import default_stack, task_verdict
                 from rerank.scoring.encoder import resolve
 
                 info = resolve(model)
-                if not info.has_head and default_stack(None, info.fingerprint):
+                stack = () if info.has_head else default_stack(None, info.fingerprint)
+                verdict = task_verdict(stack[-1]) if stack and reranker == "auto" else None
+                if stack and verdict is None:
                     self._auto_fingerprint = info.fingerprint
+                self.auto_note = verdict
         self.modules = _module_map(modules)
         self.module_density = module_density
         self.module_rank = module_rank

@@ -136,6 +136,8 @@ def search(
                 f"note: {code} queries over {pipe.doc_lang} documents: BM25 only matches words the two "
                 "languages share (names, numbers); a dense or hybrid first stage is needed across languages"
             )
+        if pipe.auto_note and not quiet:
+            err.print(f"note: {pipe.auto_note}")
         if pipe.reranker_kind != "none" and not quiet:
             _say_modules(pipe, queries)
         final, first = pipe.run(queries, k=k, progress=not quiet and query is None, threads=threads)

@@ -9,6 +9,11 @@
   instead: the task module then runs in the setting it was trained in (Litschko et al. 2022 stack the
   task module with the target language's module, the source language's one only for training).
 
+``--reranker auto`` stacks them only when the task module earned it on its own dev split
+(:func:`task_verdict`): its cross-encoder alone must rank at least as well as the bi-encoder it would
+replace (the ``dev_mrr_composed`` and ``dev_mrr_teacher`` its training recorded). ``--reranker cross``
+stacks them regardless.
+
 Only modules whose base fingerprint is the backbone's are considered, so a shipped module never reaches
 another backbone. The folder is ``$RERANK_MODULES`` when set, else the ``modules/`` folder beside the
 package (a source checkout).
@@ -78,3 +83,18 @@ def default_stack(lang: str | None, fingerprint: str, home: str | os.PathLike | 
     code = languages.code(lang) if lang else ""
     chosen = (pick(code) if code else None) or (pick(task.language) if task.trained_on else None)
     return (chosen.path, task.path) if chosen else (task.path,)
+
+
+def task_verdict(task: str | os.PathLike) -> str | None:
+    """None when the task module may be used by default; else why not, in one line. A module that
+    records no bi-encoder figure (trained on pairs without teacher scores) is trusted."""
+    try:
+        raw = json.loads((Path(task) / CONFIG_FILE).read_text(encoding="utf-8"))
+        recipe = raw.get("recipe") or {}
+        mine, bi = recipe.get("dev_mrr_composed"), recipe.get("dev_mrr_teacher")
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable: loading it reports what is wrong
+    if mine is None or bi is None or float(mine) >= float(bi):
+        return None
+    return (f"{Path(task).name} is not used by --reranker auto: on its dev split the cross-encoder's MRR {mine} "
+            f"is below the bi-encoder's {bi} (--reranker cross stacks it anyway)")

@@ -198,3 +198,36 @@ def test_a_task_module_that_chose_a_first_stage_weight_on_dev_fuses_with_the_fir
     for bad in ("-1", "lots"):
         code, cap = search("--first-stage-weight", bad)
         assert code == 2 and "first-stage weight is a number ≥ 0 or auto" in cap.err and "Traceback" not in cap.err
+
+
+@pytest.mark.java
+def test_auto_skips_a_task_module_that_lost_to_the_bi_encoder_on_its_dev_split(
+        shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys):  # fmt: skip
+    import json
+    import shutil
+
+    from rerank.cli.main import main
+    from rerank.modules.catalog import task_verdict
+    from rerank.pipeline import Pipeline
+
+    home = tmp_path / "modules"
+    shutil.copytree(shipped, home)
+    cfg_file = home / "en-task-lora" / "module_config.json"
+    raw = json.loads(cfg_file.read_text())
+    monkeypatch.setenv("RERANK_MODULES", str(home))
+    kw = dict(first_stage="bm25", model=tiny_bert, depth=10)
+    for mine, bi, used in ((0.61, 0.6, True), (0.6, 0.6, True), (0.55, 0.6, False)):
+        raw["recipe"] |= {"dev_mrr_composed": mine, "dev_mrr_teacher": bi}
+        cfg_file.write_text(json.dumps(raw))
+        assert (task_verdict(home / "en-task-lora") is None) == used
+        with Pipeline(tiny_dense_index, **kw) as p:
+            assert (p.reranker_kind == "cross") == used and (p.modules_for("ky") != ()) == used
+            assert (p.auto_note is None) == used
+    assert "MRR 0.55 is below the bi-encoder's 0.6" in p.auto_note
+    with Pipeline(tiny_dense_index, reranker="cross", **kw) as p:  # forced: stacked anyway
+        assert p.reranker_kind == "cross" and p.modules_for("ky")[-1].endswith("en-task-lora")
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--index", str(tiny_dense_index), "--first-stage", "bm25", "--model", str(tiny_bert),
+              "--lang", "ky", "right to education", "-k", "3"])  # fmt: skip
+    cap = capsys.readouterr()
+    assert e.value.code == 0 and "en-task-lora is not used by --reranker auto" in cap.err and "bm25+bi" in cap.out
