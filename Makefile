@@ -61,6 +61,9 @@ demo: $(INDEXES)
 	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/auto.ky-en.trec MAP nDCG@10 'RR(rel=2)'
 	@echo; echo "== A Kyrgyz query over the Kyrgyz documents: hybrid first stage, top 100 reranked by the bi-encoder"
 	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --first-stage hybrid --reranker bi "$(call Q,ky,14)"
+	@echo; echo "== A Kyrgyz query over the English documents: dense first stage, top 100 reranked by the cross-encoder"
+	@echo "   with the shipped modules (modules/ky-lang-shira + modules/en-task-shira), fused with the first stage"
+	$(BIN)/rerank search --index indexes/udhr-en --lang ky --reranker cross "$(call Q,ky,19)"
 
 # Training text (never evaluated on): LibreOffice's help from Debian's packages — English for task modules
 # (pseudo-queries) and for the English language module; Turkish, German and Russian for theirs (paragraphs left
