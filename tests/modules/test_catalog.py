@@ -155,24 +155,30 @@ depth = 10
     assert pairs != [(s.query_id, s.doc_id) for q in queries for s in plain[q.query_id]]
 
 
-@pytest.mark.java
-def test_a_task_module_that_chose_a_first_stage_weight_on_dev_fuses_with_the_first_stage(
-        shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys):  # fmt: skip
+def set_task_recipe(shipped, tmp_path, monkeypatch, **recipe):
+    """A copy of the shipped folder whose task module's recipe has these entries, made the modules home."""
     import json
     import shutil
-
-    from rerank.cli.main import main
-    from rerank.indexes.fusion import rrf
-    from rerank.pipeline import Pipeline
-    from rerank.types import Query
 
     home = tmp_path / "modules"
     shutil.copytree(shipped, home)
     cfg_file = home / "en-task-lora" / "module_config.json"
     raw = json.loads(cfg_file.read_text())
-    raw["recipe"]["fusion"] = {"k": 60, "first_stage_weight": 2.0}
+    raw["recipe"] |= recipe
     cfg_file.write_text(json.dumps(raw))
     monkeypatch.setenv("RERANK_MODULES", str(home))
+    return home
+
+
+@pytest.mark.java
+def test_a_task_module_that_chose_a_first_stage_weight_on_dev_fuses_with_the_first_stage(
+        shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys):  # fmt: skip
+    from rerank.cli.main import main
+    from rerank.indexes.fusion import rrf
+    from rerank.pipeline import Pipeline
+    from rerank.types import Query
+
+    set_task_recipe(shipped, tmp_path, monkeypatch, fusion={"k": 60, "first_stage_weight": 2.0})
     qs = [Query("q1", "Everyone has the right to education", "ky"), Query("q2", "freedom of movement", "en")]
     kw = dict(first_stage="bm25", model=tiny_bert, depth=10)
     with Pipeline(tiny_dense_index, **kw) as p:
@@ -203,22 +209,13 @@ def test_a_task_module_that_chose_a_first_stage_weight_on_dev_fuses_with_the_fir
 @pytest.mark.java
 def test_auto_skips_a_task_module_that_lost_to_the_bi_encoder_on_its_dev_split(
         shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys):  # fmt: skip
-    import json
-    import shutil
-
     from rerank.cli.main import main
     from rerank.modules.catalog import task_verdict
     from rerank.pipeline import Pipeline
 
-    home = tmp_path / "modules"
-    shutil.copytree(shipped, home)
-    cfg_file = home / "en-task-lora" / "module_config.json"
-    raw = json.loads(cfg_file.read_text())
-    monkeypatch.setenv("RERANK_MODULES", str(home))
     kw = dict(first_stage="bm25", model=tiny_bert, depth=10)
     for mine, bi, used in ((0.61, 0.6, True), (0.6, 0.6, True), (0.55, 0.6, False)):
-        raw["recipe"] |= {"dev_mrr_composed": mine, "dev_mrr_teacher": bi}
-        cfg_file.write_text(json.dumps(raw))
+        home = set_task_recipe(shipped, tmp_path / str(mine), monkeypatch, dev_mrr_composed=mine, dev_mrr_teacher=bi)
         assert (task_verdict(home / "en-task-lora") is None) == used
         with Pipeline(tiny_dense_index, **kw) as p:
             assert (p.reranker_kind == "cross") == used and (p.modules_for("ky") != ()) == used
