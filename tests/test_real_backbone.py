@@ -80,7 +80,7 @@ def test_the_shipped_modules_their_targets_and_when_search_stacks_them(e5_en_ind
     home = modules_home()
     fp = resolve_model(None).fingerprint
     shipped = {e.path.name: e for e in catalog(home) if e.fingerprint == fp}
-    for lang in ("ky", "ug", "tr", "en"):
+    for lang in ("ky", "ug", "tr", "en", "de", "ru"):  # the query languages and the bundled documents'
         assert f"{lang}-lang-shira" in shipped
     assert shipped["en-task-shira"].role == "task" and shipped["en-task-shira"].trained_on == "shira"
     for name in shipped:
