@@ -353,26 +353,26 @@ def _module_map(modules) -> dict[str, tuple]:
     return {"*": tuple(common), **{lang: tuple(ps + common) for lang, ps in by_lang.items()}}
 
 
-def _module_recipe(path: str) -> dict:
-    """A task module's recipe ({} when it has none or cannot be read)."""
+def _module_config(path: str) -> dict | None:
+    """A module folder's config as JSON; None when it cannot be read (loading the module reports why)."""
     import json
     from pathlib import Path
 
     try:
         raw = json.loads((Path(path) / "module_config.json").read_text(encoding="utf-8"))
-        recipe = raw.get("recipe") if raw.get("role") == "task" else None
-        return recipe if isinstance(recipe, dict) else {}
-    except (OSError, ValueError, AttributeError):
-        return {}
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _module_recipe(path: str) -> dict:
+    """A task module's recipe ({} when it has none or cannot be read)."""
+    raw = _module_config(path) or {}
+    recipe = raw.get("recipe") if raw.get("role") == "task" else None
+    return recipe if isinstance(recipe, dict) else {}
 
 
 def _module_role(path: str) -> tuple[str, str] | None:
     """(role, language) from a module folder's config; None when it cannot be read (reported at load)."""
-    import json
-    from pathlib import Path
-
-    try:
-        raw = json.loads((Path(path) / "module_config.json").read_text(encoding="utf-8"))
-        return str(raw.get("role", "")), str(raw.get("language", "") or "")
-    except (OSError, ValueError, AttributeError):
-        return None
+    raw = _module_config(path)
+    return None if raw is None else (str(raw.get("role", "")), str(raw.get("language", "") or ""))
