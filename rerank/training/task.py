@@ -398,10 +398,10 @@ def dev_checks(module, lang_module, model, dev_rows: list[dict], negatives: int,
         for j, r in enumerate(dev_rows):
             q = dev_rows[(j + shift) % len(dev_rows)]["query"]
             docs = [r["positive"]["text"], *(n["text"] for n in r["negatives"][:negatives])]
-            s = rr.predict([(q, d) for d in docs])
-            found[shift].append(1.0 / (1 + int((s[1:] > s[0]).sum())))
+            s = [float(x) for x in rr.predict([(q, d) for d in docs])]
+            found[shift].append(_rr(s))
             if shift == 0:
-                kept.append([float(x) for x in s])
+                kept.append(s)
     out = {"dev_mrr_composed": round(_mean(found[0]), 4), "dev_mrr_shuffled_queries": round(_mean(found[1]), 4),
            "dev_mrr_random": round(_random_mrr(1 + negatives), 4)}  # fmt: skip
     if dev_rows and all("teacher" in r for r in dev_rows):
