@@ -330,12 +330,12 @@ class ComposedModel:
         import torch
 
         try:
-            import adapters
             from adapters import AdapterConfig
         except ImportError as e:  # pragma: no cover - a dependency
             raise RerankError("adapter modules need the `adapters` package", hint="pip install adapters") from e
-        if not hasattr(self.model, "adapters_config"):
-            adapters.init(self.model)
+        from rerank.modules.interop import init_adapters
+
+        init_adapters(self.model)
         names = []
         for m in sorted(modules, key=lambda m: (m.config.role != "language", m.content_key)):
             slot = self._slots.get(m.content_key)

@@ -297,14 +297,12 @@ def _train_lora(cfg, encoder, loop, step_loss, dev, work, progress, code, extra_
 
 def _train_adapter(cfg, encoder, loop, step_loss, dev, work, progress, code, fp, name, extra_params=None,
                    role="language", below=()):  # fmt: skip
-    import adapters
     from adapters import SeqBnConfig, SeqBnInvConfig
     from adapters.composition import Stack
 
-    from rerank.modules.interop import from_adapters
+    from rerank.modules.interop import from_adapters, init_adapters
 
-    if not hasattr(encoder, "adapters_config"):
-        adapters.init(encoder)
+    init_adapters(encoder)
     slot = "lang" if role == "language" else "task"
     config = SeqBnInvConfig(reduction_factor=cfg.reduction) if role == "language" else SeqBnConfig(
         reduction_factor=cfg.reduction)  # fmt: skip

@@ -151,7 +151,7 @@ def test_random_cycles_over_all_kinds_return_to_the_base_bitwise(cross):
     assert_bitwise(cross, base)
 
 
-def test_bottleneck_adapters_stack_like_the_adapters_library(cross, tiny_cross):
+def test_bottleneck_adapters_stack_like_the_adapters_library(cross, tiny_cross, caplog):
     from transformers import AutoModelForSequenceClassification
 
     from rerank.modules.compose import ComposedModel
@@ -169,7 +169,10 @@ def test_bottleneck_adapters_stack_like_the_adapters_library(cross, tiny_cross):
     sparse = random_module(cm, 4, lang="ug")
     cm.switch([sparse, task])  # mixed: a sparse language module under an adapter task module
     cm.revert()
-    torch.testing.assert_close(logits(cross, x), bare, rtol=0, atol=0)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        torch.testing.assert_close(logits(cross, x), bare, rtol=0, atol=0)
+    assert not caplog.records  # adapters kept but idle, by design: the library's warning about it is not shown
     base_now = {k: v for k, v in cross.state_dict().items() if k in base}
     assert all(torch.equal(base_now[k], v) for k, v in base.items())
 
