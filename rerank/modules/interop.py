@@ -281,24 +281,22 @@ def _pad(idx, val, n: int, numel: int):
     return torch.cat([idx, extra]), torch.cat([val, torch.zeros(extra.numel(), dtype=val.dtype)])
 
 
-class _IdleAdaptersFilter:
-    """Drops the `adapters` library's warning that adapters exist but none is active: the engine keeps added
-    adapter modules in the model and deactivates them whenever another stack (or none: the bi-encoder, the
-    base cross-encoder) runs, so for us that state is intended, not a mistake."""
-
-    def filter(self, record) -> bool:
-        return "none are activated" not in record.getMessage()
+def _not_idle_adapters_warning(record) -> bool:
+    """False for the `adapters` library's warning that adapters exist but none is active: the engine keeps
+    added adapter modules in the model and deactivates them whenever another stack (or none: the bi-encoder,
+    the base cross-encoder) runs, so for us that state is intended, not a mistake."""
+    return "none are activated" not in record.getMessage()
 
 
 def init_adapters(model) -> None:
-    """``adapters.init(model)`` once, with the idle-adapters warning filtered out (see above)."""
+    """``adapters.init(model)`` unless done, with the idle-adapters warning filtered out (see above)."""
     import logging
 
     import adapters
 
     log = logging.getLogger("adapters.model_mixin")
-    if not any(isinstance(f, _IdleAdaptersFilter) for f in log.filters):
-        log.addFilter(_IdleAdaptersFilter())
+    if _not_idle_adapters_warning not in log.filters:
+        log.addFilter(_not_idle_adapters_warning)
     if not hasattr(model, "adapters_config"):
         adapters.init(model)
 
