@@ -4,6 +4,7 @@ with each system's training time and module size read from the module folders' c
     .venv/bin/rerank eval grid eval/grid.toml --out reports/grid
     .venv/bin/python eval/modules_table.py reports/grid [--trained runs/modules] [--shipped modules]
     .venv/bin/python eval/modules_table.py --catalog modules      # one row per module folder: how it was made
+    .venv/bin/python eval/modules_table.py reports/grid --lang-effect   # task vs task+lang, per kind and language
 
 Prints Markdown. Times are what each training run recorded (`recipe.seconds`, on the machine it ran on);
 sizes are the module folders' bytes on disk (fp32 as trained; the shipped ones 8-bit).
@@ -86,6 +87,49 @@ def catalog_rows(folder: Path) -> None:
               f"| {c.get('bits') or 32} | {size:.2f} MB |")
 
 
+def lang_effect(report: Path, doc: str = "en", measure: str = "nDCG@10") -> list[dict]:
+    """Does the query language's module help? For every kind with both a ``task:K`` and a ``task+lang:K`` row in
+    the grid report, per query language: the two means, their difference and the paired two-sided t-test over
+    the topics (scipy), Holm–Bonferroni across all the comparisons printed (statsmodels)."""
+    import numpy as np
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    rows: list[dict] = []
+    for q in LANGS:
+        cell = report / "cells" / f"{q}-{doc}" / "per-query.csv"
+        if not cell.is_file():
+            continue
+        per: dict[str, dict[str, float]] = {}
+        with open(cell, encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                per.setdefault(r["system"], {})[r["query_id"]] = float(r[measure])
+        for system in per:
+            if not system.startswith("task:") or f"task+lang:{system[5:]}" not in per:
+                continue
+            a, b = per[system], per[f"task+lang:{system[5:]}"]
+            qids = sorted(set(a) & set(b))
+            x, y = np.array([a[i] for i in qids]), np.array([b[i] for i in qids])
+            d = y - x
+            p = float(stats.ttest_rel(y, x).pvalue) if np.std(d) > 0 else (1.0 if np.all(d == 0) else 0.0)
+            rows.append({"kind": system[5:], "lang": q, "task": float(x.mean()), "task+lang": float(y.mean()),
+                         "diff": float(d.mean()), "p": p, "n": len(qids)})
+    if rows:
+        for r, ph in zip(rows, multipletests([r["p"] for r in rows], method="holm")[1], strict=True):
+            r["p_holm"] = float(ph)
+    kinds = ("shira", "lora", "adapter", "sft")
+    return sorted(rows, key=lambda r: (kinds.index(r["kind"]) if r["kind"] in kinds else len(kinds), r["kind"],
+                                       LANGS.index(r["lang"])))
+
+
+def print_lang_effect(rows: list[dict], measure: str = "nDCG@10") -> None:
+    print(f"| kind | query language | task {measure} | task+lang {measure} | difference | p (t) | p (Holm) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['lang']} | {r['task']:.3f} | {r['task+lang']:.3f} | {r['diff']:+.3f} "
+              f"| {r['p']:.3f} | {r['p_holm']:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("report", type=Path, nargs="?", help="a grid report folder (with grid.csv)")
@@ -93,12 +137,17 @@ def main() -> None:
     ap.add_argument("--trained", type=Path, default=ROOT / "runs" / "modules")
     ap.add_argument("--shipped", type=Path, default=ROOT / "modules")
     ap.add_argument("--doc", default="en", help="document language of the columns")
+    ap.add_argument("--lang-effect", action="store_true",
+                    help="print task vs task+lang per kind and query language (paired t-test, Holm) instead")
     a = ap.parse_args()
     if a.catalog:
         catalog_rows(a.catalog)
         return
     if a.report is None:
         ap.error("give a grid report folder, or --catalog FOLDER")
+    if a.lang_effect:
+        print_lang_effect(lang_effect(a.report, a.doc))
+        return
     means: dict[tuple[str, str, str], float] = {}
     order: list[str] = []
     with open(a.report / "grid.csv", encoding="utf-8") as f:
