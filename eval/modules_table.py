@@ -92,8 +92,9 @@ def lang_effect(report: Path, doc: str = "en", measure: str = "nDCG@10") -> list
     the grid report, per query language: the two means, their difference and the paired two-sided t-test over
     the topics (scipy), Holm–Bonferroni across all the comparisons printed (statsmodels)."""
     import numpy as np
-    from scipy import stats
     from statsmodels.stats.multitest import multipletests
+
+    from rerank.eval.significance import paired_t_p
 
     rows: list[dict] = []
     for q in LANGS:
@@ -105,15 +106,14 @@ def lang_effect(report: Path, doc: str = "en", measure: str = "nDCG@10") -> list
             for r in csv.DictReader(f):
                 per.setdefault(r["system"], {})[r["query_id"]] = float(r[measure])
         for system in per:
-            if not system.startswith("task:") or f"task+lang:{system[5:]}" not in per:
+            kind = system.removeprefix("task:")
+            if kind == system or f"task+lang:{kind}" not in per:
                 continue
-            a, b = per[system], per[f"task+lang:{system[5:]}"]
+            a, b = per[system], per[f"task+lang:{kind}"]
             qids = sorted(set(a) & set(b))
             x, y = np.array([a[i] for i in qids]), np.array([b[i] for i in qids])
-            d = y - x
-            p = float(stats.ttest_rel(y, x).pvalue) if np.std(d) > 0 else (1.0 if np.all(d == 0) else 0.0)
-            rows.append({"kind": system[5:], "lang": q, "task": float(x.mean()), "task+lang": float(y.mean()),
-                         "diff": float(d.mean()), "p": p, "n": len(qids)})
+            rows.append({"kind": kind, "lang": q, "task": float(x.mean()), "task+lang": float(y.mean()),
+                         "diff": float((y - x).mean()), "p": paired_t_p(y, x), "n": len(qids)})
     if rows:
         for r, ph in zip(rows, multipletests([r["p"] for r in rows], method="holm")[1], strict=True):
             r["p_holm"] = float(ph)

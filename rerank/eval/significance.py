@@ -55,6 +55,17 @@ def confidence_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
     return float(lo), float(hi)
 
 
+def paired_t_p(x: np.ndarray, base: np.ndarray) -> float:
+    """Two-sided paired t-test p of ``x`` against ``base`` over the same queries: 1 when they are identical,
+    0 when they differ by the same amount on every query (no spread: the t statistic is infinite)."""
+    from scipy import stats
+
+    d = x - base
+    if np.all(d == 0):
+        return 1.0
+    return float(stats.ttest_rel(x, base).pvalue) if np.std(d) > 0 else 0.0
+
+
 def compare(ev, baseline: str, *, n_resamples: int = 10_000, seed: int = 0) -> dict[tuple[str, str], Comparison]:
     """Every other system of ``ev`` against ``baseline``: {(system, measure): Comparison}."""
     from scipy import stats
@@ -69,11 +80,11 @@ def compare(ev, baseline: str, *, n_resamples: int = 10_000, seed: int = 0) -> d
         for system in others:
             x = ev.values(system, measure)
             d = x - base
+            p_t = paired_t_p(x, base)
             if np.all(d == 0):
-                p_t = p_perm = 1.0
+                p_perm = 1.0
                 effect = 0.0
             else:
-                p_t = float(stats.ttest_rel(x, base).pvalue) if np.std(d) > 0 else 0.0
                 res = stats.permutation_test(
                     (d,),
                     lambda v, axis: np.mean(v, axis=axis),
