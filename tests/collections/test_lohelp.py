@@ -30,7 +30,32 @@ def test_sections_become_titled_documents(tmp_path):
     assert "Command" not in docs[0].text and "navigation" not in docs[0].text and "footer" not in docs[1].text
     assert docs[1].doc_id == "text/shared/find_toolbar.html#1"
     facts = build(tmp_path / "help", tmp_path / "out", "en")
-    assert facts == {"pages": 1, "documents": 2, "characters": sum(len(d.text) for d in docs)}
+    assert facts == {"pages": 1, "held_out_pages": 0, "documents": 2, "characters": sum(len(d.text) for d in docs)}
+
+
+def test_the_pages_dev_sets_are_cut_from_are_left_out(tmp_path):
+    """Language modules are trained on this text, and the help's cross-lingual dev sets are cut from the pages
+    whose path hashes into the dev share: those pages, and their paragraphs wherever else they appear, never reach
+    the training text."""
+    from rerank.collections.splits import is_dev
+
+    kept, held = "text/shared/find_toolbar.html", "text/shared/p44.html"
+    assert not is_dev(kept, 0.05) and is_dev(held, 0.05)
+    for rel in (kept, held):
+        page = tmp_path / "help" / rel
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(PAGE.replace("Find Bar", rel).replace("Find", f"Find ({rel})"), encoding="utf-8")
+    facts = build(tmp_path / "help", tmp_path / "out", "en")
+    # the kept page's section "Find Text" holds only a paragraph the dev page has too: it goes as well
+    assert facts["pages"] == 2 and facts["held_out_pages"] == 1 and facts["documents"] == 1
+    from rerank.collections.docs import read_docs
+
+    docs = list(read_docs(tmp_path / "out" / "docs.en.jsonl"))
+    assert {d.title.split(":")[0] for d in docs} == {kept}
+    assert not any("Enter the text to be searched" in d.text for d in docs)
+    every = build(tmp_path / "help", tmp_path / "all", "en", dev_fraction=0)
+    assert every["held_out_pages"] == 0
+    assert {d.title.split(":")[0] for d in read_docs(tmp_path / "all" / "docs.en.jsonl")} == {kept, held}
 
 
 def test_a_translation_keeps_only_its_translated_paragraphs(tmp_path):
