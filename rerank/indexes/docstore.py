@@ -51,6 +51,10 @@ class DocStore:
         row = self._con.execute("SELECT doc_id, text, title FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
         return Document(*row) if row else None
 
+    def ids(self) -> list[str]:
+        """Every document id, sorted."""
+        return [row[0] for row in self._con.execute("SELECT doc_id FROM docs ORDER BY doc_id")]
+
     def get_many(self, doc_ids: Sequence[str]) -> dict[str, Document]:
         out: dict[str, Document] = {}
         for i in range(0, len(doc_ids), 500):

@@ -164,6 +164,152 @@ def make_pairs(
     return facts
 
 
+FILTERS = ("answer", "duplicate", "teacher")
+
+
+def pairs_from_qrels(
+    topics: str | os.PathLike, qrels: str | os.PathLike, index: str | os.PathLike, out: str | os.PathLike, *,
+    lang: str | None = None, first_stage: str = "dense", depth: int = 20, negatives: int = 7,
+    answers: str | os.PathLike | None = None, teacher: bool = True, teacher_margin: float | None = None,
+    dev_topics: list | tuple = (), max_queries: int | None = None, seed: int = 0, overwrite: bool = False,
+    progress: bool = True, model=None,
+) -> dict:  # fmt: skip
+    """Training queries from real relevance data: each topic, its first relevant document as the positive, and
+    ``negatives`` hard negatives drawn (at random, kept in rank order) from the top ``depth`` of the first stage
+    the reranker will sit on (``first_stage``: bm25 | dense | hybrid | auto, over ``index``), with likely false
+    negatives dropped:
+
+    * ``answer``: a document that contains one of the question's answer strings (``answers``: the collection's
+      ``answers.*.jsonl``) — it very likely answers the question too;
+    * ``duplicate``: a document whose text is a relevant document's;
+    * ``teacher`` (with ``teacher_margin``): a document the bi-encoder scores above the positive by more than
+      the margin.
+
+    With ``teacher`` (default), the bi-encoder's cosine of every (query, document) — the dense first stage's
+    own score, read from the index's stored vectors — is stored as ``teacher``: the residual ranking head
+    starts from it and the distillation losses learn from it. ``dev_topics``: dev topic files this data must
+    not share a query with (refused if it does). ``model``: the backbone of the index's dense part (default:
+    the embedded one). Writes ``out`` (JSONL) and ``out``.json (how)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from rerank.collections._io import atomic_write, refuse_existing
+    from rerank.collections.splits import check_disjoint, read_answers
+    from rerank.collections.topics import read_topics
+    from rerank.collections.trec import read_qrels
+    from rerank.pipeline import FIRST_STAGES, Pipeline
+
+    if first_stage not in FIRST_STAGES:
+        raise RerankError(f"unknown --first-stage {first_stage!r}", hint=f"one of: {', '.join(FIRST_STAGES)}")
+    if depth <= negatives:
+        raise RerankError(f"--depth {depth} leaves no choice of {negatives} negatives",
+                          hint="about three times the negatives, e.g. --depth 20 --negatives 7")
+    refuse_existing(out, overwrite)
+    queries = read_topics(topics, lang=lang)
+    if max_queries:
+        queries = queries[:max_queries]
+    checked = check_disjoint([q.text for q in queries], list(dev_topics))
+    rel: dict[str, list[str]] = {}
+    for r in read_qrels(qrels):
+        if r.relevance > 0:
+            rel.setdefault(r.query_id, []).append(r.doc_id)
+    queries = [q for q in queries if q.query_id in rel]
+    if not queries:
+        raise RerankError(f"no topic of {topics} has a relevant document in {qrels}",
+                          hint="are they one collection's?")
+    ans = read_answers(answers) if answers else {}
+    rng = random.Random(seed)
+    counts = dict.fromkeys(FILTERS, 0)
+    positive_ranks = []
+    rows = []
+    with Pipeline(index, first_stage=first_stage, reranker="none", modules=None, dense_model=model) as pipe:
+        run = pipe.first_stage_run(queries, depth + len(max(rel.values(), key=len)), progress=progress)
+        store = pipe.bm25.docstore
+        ids = sorted({d for q in queries for d in [*rel[q.query_id], *(h.doc_id for h in run[q.query_id])]})
+        texts = {d: doc.contents for d, doc in store.get_many(ids).items()}
+        qv = pipe.dense.encoder.encode([q.text for q in queries], "query", progress=progress) if teacher else None
+        vec: dict[str, np.ndarray] = {}
+
+        def cos(qi: int, docs: list[str]) -> list[float]:
+            need = [d for d in dict.fromkeys(docs) if d not in vec]
+            if need:
+                vec.update(zip(need, pipe.dense.vectors(need), strict=True))
+            return [float(np.dot(qv[qi], vec[d])) for d in docs]
+
+        pool = store.ids()
+        for qi, q in enumerate(tqdm(queries, desc="hard negatives", disable=not progress)):
+            pos = [d for d in rel[q.query_id] if d in texts]
+            if not pos:
+                continue
+            hits = [h.doc_id for h in run[q.query_id]]
+            positive_ranks.append(hits.index(pos[0]) + 1 if pos[0] in hits else None)
+            pos_texts = {" ".join(texts[d].split()).casefold() for d in pos}
+            strings = [" ".join(a.split()).casefold() for a in ans.get(q.query_id, []) if len(a.strip()) >= 2]
+            keep = []
+            for d in [d for d in hits if d not in pos][:depth]:
+                t = " ".join(texts[d].split()).casefold()
+                if t in pos_texts:
+                    counts["duplicate"] += 1
+                elif any(a in t for a in strings):
+                    counts["answer"] += 1
+                else:
+                    keep.append(d)
+            if teacher and teacher_margin is not None and keep:
+                top = cos(qi, [pos[0]])[0]
+                kept = [d for d, x in zip(keep, cos(qi, keep), strict=True) if x <= top + teacher_margin]
+                counts["teacher"] += len(keep) - len(kept)
+                keep = kept
+            negs = [keep[i] for i in sorted(rng.sample(range(len(keep)), min(negatives, len(keep))))]
+            for _ in range(50 * negatives):  # too few left: random documents of the pool fill the group
+                if len(negs) >= negatives:
+                    break
+                d = pool[rng.randrange(len(pool))]
+                if d not in negs and d not in pos:
+                    doc = texts.get(d) or store.get(d).contents
+                    t = " ".join(doc.split()).casefold()
+                    if t not in pos_texts and not any(a in t for a in strings):
+                        texts[d] = doc
+                        negs.append(d)
+            rank = {d: i + 1 for i, d in enumerate(hits)}
+            row = {"qid": q.query_id, "query": q.text, "lang": q.lang,
+                   "positive": {"id": pos[0], "text": texts[pos[0]]},
+                   "negatives": [{"id": d, "text": texts[d], "rank": rank.get(d)} for d in negs],
+                   "positive_rank": positive_ranks[-1]}  # fmt: skip
+            if teacher:
+                row["teacher"] = [round(x, 5) for x in cos(qi, [pos[0], *negs])]
+            rows.append(row)
+        stage = str(pipe.plan(queries[0].lang or None)) if first_stage == "auto" else first_stage
+    if not rows:
+        raise RerankError("no training query could be made", hint="do the qrels' documents exist in the index?")
+    found = [r for r in positive_ranks if r is not None]
+    with atomic_write(out, overwrite) as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    facts = {
+        "method": "qrels", "topics": _file_fact(topics), "qrels": _file_fact(qrels),
+        "index": str(Path(index).resolve()),
+        "answers": _file_fact(answers) if answers else None, "lang": queries[0].lang, "queries": len(rows),
+        "first_stage": stage, "depth": depth, "negatives_per_query": negatives,
+        "negatives_from": f"{negatives} drawn at random from the {stage} first stage's top {depth} (rank order kept)",
+        "filtered": counts, "teacher_margin": teacher_margin,
+        "positive_in_first_stage_top": {"depth": depth, "share": round(sum(1 for r in found if r <= depth)
+                                                                        / max(1, len(positive_ranks)), 4)},
+        "positive_first": round(sum(1 for r in found if r == 1) / max(1, len(positive_ranks)), 4),
+        "teacher": "bi-encoder cosine from the index's vectors" if teacher else None,
+        "dev_topics_checked": {"files": [str(f) for f in dev_topics], "queries": checked}, "seed": seed,
+    }  # fmt: skip
+    with atomic_write(f"{out}.json", overwrite=True) as f:
+        f.write(json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
+    return facts
+
+
+def _file_fact(path) -> dict:
+    from rerank.training.lang import _sha
+
+    p = Path(path)
+    return {"path": str(p.resolve()), "sha256": _sha(p)}
+
+
 def _teacher_scores(rows: list[dict], progress: bool) -> None:
     from rerank.scoring.encoder import BiEncoder
 
