@@ -297,13 +297,28 @@ class Pipeline:
             ranked = self._bi_from_index(q, cands)  # same backbone: the stored vectors are the embeddings
         else:
             docs = self.bm25.docstore.get_many([c.doc_id for c in cands])
-            ranked = rr.rerank(q.query_id, q.text, cands, {d: doc.contents for d, doc in docs.items()})
+            ranked = rr.rerank(q.query_id, q.text, cands, {d: doc.contents for d, doc in docs.items()},
+                               prior=self._prior(q, cands))  # fmt: skip
         if weight > 0:
             from rerank.indexes.fusion import rrf
 
             ranked = rrf([ranked, cands], [1.0, weight], DEFAULT_K, query_id=q.query_id)
         floor = min((s.score for s in ranked if s.score > float("-inf")), default=0.0)
         return ranked + [ScoredDoc(q.query_id, t.doc_id, floor - 1.0 - i) for i, t in enumerate(tail)]
+
+    def _prior(self, q: Query, cands: list[ScoredDoc]) -> list[float] | None:
+        """The bi-encoder's cosines of the candidates from the dense index's stored vectors, when the stacked
+        task module's residual head starts from them and the index holds the reranker's backbone's vectors
+        (else None: the reranker computes them)."""
+        rr = self.reranker
+        if rr.kind != "cross" or not rr.scorer.residual_active() or not self.has_dense:
+            return None
+        from rerank.indexes.dense import read_dense_meta
+
+        if read_dense_meta(self.path).fingerprint != rr.info.fingerprint:
+            return None
+        qv = self.dense.encoder.encode([q.text], "query")[0]
+        return [float(x) for x in self.dense.vectors([c.doc_id for c in cands]) @ qv]
 
     def _bi_from_index(self, q: Query, cands: list[ScoredDoc]) -> list[ScoredDoc]:
         enc = self.dense.encoder

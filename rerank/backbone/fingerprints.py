@@ -28,7 +28,7 @@ from rerank.backbone._files import read_json, rerank_home, safetensors_header, w
 from rerank.errors import RerankError
 
 BASE_PREFIXES = ("bert.", "roberta.", "model.")
-HEAD_PREFIXES = ("classifier.", "cls.", "pooler.", "lm_head.", "list_head.")
+HEAD_PREFIXES = ("classifier.", "cls.", "pooler.", "lm_head.", "list_head.", "residual_head.")
 CACHE_NAME = "fingerprints.json"
 CACHE_MAX_ENTRIES = 1000
 _CHUNK = 16 << 20

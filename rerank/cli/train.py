@@ -78,9 +78,43 @@ def lang(
 @app.command("pairs")
 @user_errors
 def pairs(
-    docs: Annotated[Path, typer.Option("--docs", help="A document collection (JSONL or SGML).")],
     out_file: Annotated[Path, typer.Option("--out", help="The training file to write (JSONL).")],
-    language: Annotated[str, typer.Option("--lang", help="The documents' language.")] = "en",
+    docs: Annotated[
+        Path | None, typer.Option("--docs", help="Synthetic pairs from a document collection (JSONL or SGML).")
+    ] = None,
+    topics: Annotated[
+        Path | None, typer.Option("--topics", help="Real relevance data: training topics (with --qrels, --index).")
+    ] = None,
+    qrels: Annotated[Path | None, typer.Option("--qrels", help="The topics' TREC qrels.")] = None,
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="With --topics: the index of the documents, searched for hard negatives; "
+                     "with --docs: a BM25 index of --docs (else built on the fly)."),
+    ] = None,  # fmt: skip
+    first_stage: Annotated[
+        str, typer.Option("--first-stage", help="With --topics: bm25 | dense | hybrid | auto, for hard negatives.")
+    ] = "dense",
+    depth: Annotated[
+        int, typer.Option("--depth", min=2, help="With --topics: negatives are drawn from this many top hits.")
+    ] = 20,
+    answers: Annotated[
+        Path | None,
+        typer.Option("--answers", help="With --topics: answer strings (answers.*.jsonl); hits containing one are "
+                     "dropped as likely relevant."),
+    ] = None,  # fmt: skip
+    teacher_margin: Annotated[
+        float | None,
+        typer.Option("--teacher-margin", help="With --topics: also drop hits the bi-encoder scores this far above "
+                     "the positive."),
+    ] = None,  # fmt: skip
+    dev_topics: Annotated[
+        list[Path],
+        typer.Option("--dev-topics", help="Dev topic files that must not share a query with --topics (refused)."),
+    ] = [],  # noqa: B006
+    language: Annotated[
+        str | None,
+        typer.Option("--lang", help="The documents' language (--docs; default en) or the topics' (--topics)."),
+    ] = None,
     method: Annotated[
         str, typer.Option("--method", help="ict (a sentence → its passage) | title (title → body).")
     ] = "ict",
@@ -89,20 +123,48 @@ def pairs(
         int, typer.Option("--random-negatives", min=0, help="How many of them are random documents, not BM25's.")
     ] = 0,
     max_queries: Annotated[int | None, typer.Option("--max-queries", min=1, help="Stop after this many.")] = None,
-    teacher: Annotated[bool, typer.Option("--teacher", help="Add bi-encoder scores (for --loss margin-mse).")] = False,
-    index: Annotated[
-        Path | None, typer.Option("--index", help="A BM25 index of --docs (else built on the fly).")
-    ] = None,
+    teacher: Annotated[
+        bool,
+        typer.Option("--teacher/--no-teacher", help="Add the bi-encoder's scores (the residual head and the "
+                     "distillation losses need them) [default: on with --topics]."),
+    ] = None,  # fmt: skip
     seed: Annotated[int, typer.Option("--seed", help="Seed of sentence choice and order.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Synthetic relevance data from a collection: pseudo-queries, positives, BM25 hard negatives."""
+    """Training queries: from real relevance data (--topics, --qrels: hard negatives from the first stage over
+    --index, likely false negatives dropped), or synthetic ones from a collection (--docs: pseudo-queries,
+    positives, BM25 hard negatives)."""
+    from rerank.errors import RerankError
+
+    if (docs is None) == (topics is None):
+        raise RerankError("give either --docs (synthetic pairs) or --topics with --qrels and --index (real ones)",
+                          hint="e.g. rerank train pairs --topics T --qrels Q --index I --out pairs.jsonl")  # fmt: skip
+    if topics is not None:
+        from rerank.training.pairs import pairs_from_qrels
+
+        if qrels is None or index is None:
+            raise RerankError("--topics needs --qrels and --index", hint="the topics' judgements and documents")
+        facts = pairs_from_qrels(topics, qrels, index, out_file, lang=language, first_stage=first_stage, depth=depth,
+                                 negatives=negatives, answers=answers, teacher=True if teacher is None else teacher,
+                                 teacher_margin=teacher_margin, dev_topics=dev_topics, max_queries=max_queries,
+                                 seed=seed, overwrite=overwrite, progress=not quiet)  # fmt: skip
+        f = facts["filtered"]
+        out.print(
+            f"wrote {out_file}: {facts['queries']:,} training queries, {negatives} negatives each from the "
+            f"{facts['first_stage']} top {depth} (dropped as likely relevant: {f['answer']:,} with the answer, "
+            f"{f['duplicate']:,} duplicates, {f['teacher']:,} by the teacher margin); positive first for "
+            f"{facts['positive_first']:.1%}, in the top {depth} for "
+            f"{facts['positive_in_first_stage_top']['share']:.1%} "
+            f"(how: {out_file}.json)"
+        )
+        return
     from rerank.training.pairs import make_pairs
 
-    facts = make_pairs(docs, out_file, lang=language, method=method, negatives=negatives,
+    facts = make_pairs(docs, out_file, lang=language or "en", method=method, negatives=negatives,
                        random_negatives=random_negatives, max_queries=max_queries,
-                       teacher=teacher, seed=seed, index=index, overwrite=overwrite, progress=not quiet)  # fmt: skip
+                       teacher=bool(teacher), seed=seed, index=index, overwrite=overwrite,
+                       progress=not quiet)  # fmt: skip
     out.print(
         f"wrote {out_file}: {facts['queries']:,} training queries ({method}) from {facts['documents']:,} documents, "
         f"{negatives - random_negatives} BM25 + {random_negatives} random negatives each (how: {out_file}.json)"
@@ -113,11 +175,11 @@ def pairs(
 @user_errors
 def task(
     pairs_file: Annotated[
-        Path,
+        list[Path],
         typer.Option(
             "--pairs",
             help="Training queries: rerank train pairs' JSONL, TSV triples, or a downloaded ir_datasets id "
-            "with document pairs (e.g. msmarco-passage/train/triples-small).",
+            "with document pairs (e.g. msmarco-passage/train/triples-small); repeat to train on several.",
         ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="The module folder to write.")],
@@ -136,6 +198,18 @@ def task(
     list_head: Annotated[
         bool, typer.Option("--list-head", help="Add the list-aware head: attention over the candidate list.")
     ] = False,
+    head: Annotated[
+        str,
+        typer.Option("--head", help="plain (first-token pooler + classifier) | residual (the bi-encoder's score + a "
+                     "correction from the mean-pooled states, starting at zero)."),
+    ] = "plain",  # fmt: skip
+    layers: Annotated[
+        int | None, typer.Option("--layers", min=1, help="Train only the top this many encoder layers [default: all].")
+    ] = None,
+    dev_topics: Annotated[
+        list[Path],
+        typer.Option("--dev-topics", help="Topic files of dev sets: refused if they share a query with the pairs."),
+    ] = [],  # noqa: B006
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Optimizer steps.")] = 500,
     max_queries: Annotated[
         int | None, typer.Option("--max-queries", min=1, help="Read at most this many training queries.")
@@ -168,7 +242,7 @@ def task(
             f"{batch_queries} queries × {1 + negatives} documents × {max_length} tokens per step would not fit here",
             hint="fewer --batch-queries or --negatives, or a shorter --max-length",
         )
-    if lang_module is None:
+    if lang_module is None and head == "plain":  # the residual recipe trains on the bare backbone by design
         from rerank.errors import warn
 
         warn("no --lang-module: the task module learns on the bare backbone (the paper stacks it on one)")
@@ -176,9 +250,9 @@ def task(
                      max_steps=max_steps, batch_queries=batch_queries, negatives=negatives, max_length=max_length,
                      lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed,
                      list_head=list_head, max_queries=max_queries, grad_accum=grad_accum,
-                     patience=patience or None, probe_queries=probe_queries)  # fmt: skip
+                     patience=patience or None, probe_queries=probe_queries, head=head, layers=layers)  # fmt: skip
     m = train_task_module(pairs_file, out_dir, cfg, source_lang=source_lang, lang_module=lang_module, model=model,
-                          overwrite=overwrite, progress=not quiet)  # fmt: skip
+                          overwrite=overwrite, progress=not quiet, dev_topics=dev_topics)  # fmt: skip
     r = m.config.recipe
     out.print(
         f"wrote {out_dir}: {kind} task module ({loss}), {len(m):,} numbers + head, {module_size(out_dir):,} bytes; "

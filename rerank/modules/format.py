@@ -334,15 +334,17 @@ def quantize_module(module: Module, bits: int, block: int | None = None) -> Modu
 
 
 def has_head(module) -> bool:
-    """Whether a module (folder or :class:`Module`) carries a ranking head (``extra.classifier.*``). A folder's
-    weights file is not read, only its header; an unreadable folder says no (loading it reports why)."""
+    """Whether a module (folder or :class:`Module`) carries a ranking head (``extra.classifier.*``, or the
+    residual head's ``extra.residual_head.*``). A folder's weights file is not read, only its header; an
+    unreadable folder says no (loading it reports why)."""
+    heads = ("classifier.", "residual_head.")
     if isinstance(module, Module):
-        return any(n.startswith("classifier.") for n in module.extras)
+        return any(n.startswith(heads) for n in module.extras)
     try:
         from safetensors import safe_open
 
         with safe_open(str(Path(module) / WEIGHTS_FILE), framework="pt") as f:
-            return any(k.startswith("extra.classifier.") for k in f.keys())
+            return any(k.startswith(tuple(f"extra.{h}" for h in heads)) for k in f.keys())
     except Exception:  # noqa: BLE001 - a missing or damaged file is reported when the module is loaded
         return False
 

@@ -40,6 +40,10 @@ class CrossEncoder:
         self.info = resolve(model)
         self.head_from_module = head_from_module and not self.info.has_head
         self.head_ready = lambda: True  # the Reranker replaces this when the head comes from a module
+        # whether the stacked task module brings the residual head (rerank.scoring.residual), and the bi-encoder
+        # cosines it starts from when the caller gives none: both set by the Reranker
+        self.residual_active = lambda: False
+        self.prior_for = None
         if not self.info.has_head and not head_from_module:
             raise RerankError(
                 f"{self.info.path} has no ranking head (a sequence-classification head with one output)",
@@ -52,6 +56,9 @@ class CrossEncoder:
         from rerank.scoring import listhead
 
         self.list_head = listhead.attach(self.model)  # inactive (zero) until a task module writes one in
+        from rerank.scoring import residual
+
+        residual.attach(self.model)  # inert until a task module writes one in
         self.max_length = min(max_length, self.info.max_length)
         self.max_tokens = max_tokens
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -62,12 +69,15 @@ class CrossEncoder:
                 hint=f"use at least {specials + 2 * MIN_DOC_TOKENS}",
             )
 
-    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None, int]:
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], prefixes: tuple[str, str] | None = None,
+                     ) -> tuple[list[list[int]], list[list[int]] | None, int]:  # fmt: skip
         """Token ids (and token types, for BERT-style tokenizers) per pair; how many queries were cut."""
-        return encode_pairs(self.tokenizer, pairs, self.max_length)
+        return encode_pairs(self.tokenizer, pairs, self.max_length, prefixes)
 
-    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> np.ndarray:
-        """One logit per (query, document) pair, in input order (float32)."""
+    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False,
+                prior: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
+        """One logit per (query, document) pair, in input order (float32). ``prior``: the bi-encoder's cosine of
+        each pair, which the residual head starts from (computed here when not given)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -80,13 +90,25 @@ class CrossEncoder:
                 f"{self.info.path} has no ranking head of its own and no task module is stacked to bring one",
                 hint="stack a task module (rerank train task makes one) or use the bi-encoder",
             )
-        ids, types, cut = self.encode_pairs(pairs)
+        from rerank.scoring import residual
+
+        use_residual = self.residual_active()
+        if use_residual:
+            if prior is None:
+                if self.prior_for is None:
+                    raise RerankError("the residual ranking head needs the bi-encoder's scores of the pairs",
+                                      hint="score through rerank.Reranker, which computes them")  # fmt: skip
+                prior = self.prior_for(pairs)
+            if len(prior) != len(pairs):
+                raise RerankError(f"{len(prior)} prior scores for {len(pairs)} pairs", hint="one per pair")
+            prior_t = torch.as_tensor(np.asarray(prior, dtype=np.float32))
+        ids, types, cut = self.encode_pairs(pairs, residual.PAIR_PREFIXES if use_residual else None)
         if cut:
             warn(
                 f"{cut} queries are longer than the cross-encoder's {self.max_length} tokens allow; "
                 "they were truncated"
             )
-        list_aware = self.list_head is not None and self.list_head.active()
+        list_aware = not use_residual and self.list_head is not None and self.list_head.active()
         vectors = None
         with (
             torch.inference_mode(),
@@ -104,7 +126,12 @@ class CrossEncoder:
                     inputs["token_type_ids"] = torch.from_numpy(pad_batch([types[i] for i in batch], 0)[0]).to(
                         self.device
                     )
-                if list_aware:  # pooled vectors first; the list head needs each query's whole list
+                if use_residual:
+                    where = torch.as_tensor(batch)
+                    got = self.model.residual_head(residual.mean_pooled(self.model, inputs),
+                                                   prior_t[where].to(self.device))  # fmt: skip
+                    scores[batch] = got.float().cpu().numpy()
+                elif list_aware:  # pooled vectors first; the list head needs each query's whole list
                     from rerank.scoring.listhead import pooled
 
                     got = pooled(self.model, inputs)
@@ -122,12 +149,15 @@ class CrossEncoder:
         return scores
 
 
-def encode_pairs(tok, pairs: Sequence[tuple[str, str]], max_length: int
+def encode_pairs(tok, pairs: Sequence[tuple[str, str]], max_length: int, prefixes: tuple[str, str] | None = None,
                  ) -> tuple[list[list[int]], list[list[int]] | None, int]:  # fmt: skip
     """Token ids (and token types, for BERT-style tokenizers) of each (query, document) pair within
     ``max_length``: the document is cut; the query too, when it alone would leave the document fewer than
     ``MIN_DOC_TOKENS``. Returns how many distinct queries were cut. Each distinct text is tokenized once.
+    ``prefixes``: put before the query and the document (e5's ``"query: "``, ``"passage: "``).
     Training and scoring both encode pairs here, so a module sees at query time what it learned on."""
+    if prefixes:
+        pairs = [(prefixes[0] + q, prefixes[1] + d) for q, d in pairs]
     queries = list(dict.fromkeys(q for q, _ in pairs))
     docs = list(dict.fromkeys(d for _, d in pairs))
     kw = dict(add_special_tokens=False, truncation=False, return_attention_mask=False, return_token_type_ids=False,

@@ -49,6 +49,12 @@ class Reranker:
                 self.scorer.head_ready = lambda: self._composer is not None and any(
                     has_head(m) for m in self._composer.active
                 )
+            from rerank.scoring import residual
+
+            self.scorer.residual_active = lambda: self._composer is not None and any(
+                residual.carries(m) for m in self._composer.active
+            )
+            self.scorer.prior_for = self._prior
         else:
             from rerank.scoring.encoder import BiEncoder
 
@@ -56,6 +62,7 @@ class Reranker:
         self.kind = kind
         self.info = info
         self._composer = None
+        self._prior_encoder = None
         if modules:
             self.use_modules(modules, density=module_density, rank=module_rank)
 
@@ -81,9 +88,30 @@ class Reranker:
     def __repr__(self) -> str:
         return f"Reranker(kind={self.kind!r}, model={str(self.info.path)!r})"
 
-    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False) -> np.ndarray:
-        """A score per (query, document) pair, in input order; higher is more relevant."""
+    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False,
+                prior: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
+        """A score per (query, document) pair, in input order; higher is more relevant. ``prior``: the
+        bi-encoder's cosine of each pair when the caller has it (the dense index's vectors), for a task module
+        with the residual head; computed here otherwise."""
+        if self.kind == "cross":
+            return self.scorer.predict(pairs, progress=progress, prior=prior)
         return self.scorer.predict(pairs, progress=progress)
+
+    def _prior(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """The base bi-encoder's cosine of each pair (the residual head's starting point), on a second copy of
+        the base weights, loaded on first use (the scorer's own weights carry the modules)."""
+        import numpy as np
+
+        if self._prior_encoder is None:
+            from rerank.scoring.encoder import Encoder
+
+            self._prior_encoder = Encoder(self.info, device=str(self.scorer.device))
+        enc = self._prior_encoder
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        docs = list(dict.fromkeys(d for _, d in pairs))
+        qv = dict(zip(queries, enc.encode(queries, "query"), strict=True))
+        dv = dict(zip(docs, enc.encode(docs, "passage"), strict=True))
+        return [float(np.dot(qv[q], dv[d])) for q, d in pairs]
 
     def rank(
         self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = True
@@ -95,7 +123,7 @@ class Reranker:
         documents = list(documents)
         if any(not isinstance(d, str) for d in documents):
             raise RerankError("documents must be strings", hint="pass a list of document texts")
-        order, scores = self._order(query, documents, list(range(len(documents))))
+        order, scores = self._order(query, documents, list(range(len(documents))), None)
         ranked = [
             {"corpus_id": i, "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
             for i in order
@@ -109,16 +137,19 @@ class Reranker:
         candidates: Sequence[ScoredDoc],
         text: Callable[[str], str] | Mapping,
         top_k: int | None = None,
+        prior: Sequence[float] | None = None,
     ) -> list[ScoredDoc]:
-        """Rescore a first-stage list; ``text`` gives a document's text by id. Ties keep first-stage order."""
+        """Rescore a first-stage list; ``text`` gives a document's text by id. Ties keep first-stage order.
+        ``prior``: the bi-encoder's cosine of each candidate (see :meth:`predict`)."""
         get = text.get if isinstance(text, Mapping) else text
         texts = [get(c.doc_id) or "" for c in candidates]
-        order, scores = self._order(query, texts, list(range(len(candidates))))
+        order, scores = self._order(query, texts, list(range(len(candidates))), prior)
         out = [ScoredDoc(query_id, candidates[i].doc_id, float(scores[i])) for i in order]
         return out[:top_k] if top_k is not None else out
 
-    def _order(self, query: str, texts: list[str], prior: list[int]) -> tuple[list[int], np.ndarray]:
-        """Indices sorted by score (descending; ties by ``prior``, the earlier rank), and the scores.
+    def _order(self, query: str, texts: list[str], earlier: list[int], prior: Sequence[float] | None,
+               ) -> tuple[list[int], np.ndarray]:  # fmt: skip
+        """Indices sorted by score (descending; ties by ``earlier``, the earlier rank), and the scores.
         Empty texts are not scored: they go last with score -inf."""
         full = [i for i, t in enumerate(texts) if t.strip()]
         empty = len(texts) - len(full)
@@ -126,6 +157,7 @@ class Reranker:
             warn(f"{empty} of {len(texts)} documents have no text; they are ranked last")
         scores = np.full(len(texts), -np.inf, dtype=np.float32)
         if full:
-            scores[full] = self.predict([(query, texts[i]) for i in full])
-        order = sorted(range(len(texts)), key=lambda i: (-scores[i], prior[i]))
+            scores[full] = self.predict([(query, texts[i]) for i in full],
+                                        prior=None if prior is None else [prior[i] for i in full])  # fmt: skip
+        order = sorted(range(len(texts)), key=lambda i: (-scores[i], earlier[i]))
         return order, scores

@@ -59,6 +59,7 @@ class LangConfig:
     patience: int | None = 3
     seed: int = 0
     dev_batches: int = 8
+    layers: int | None = None  # adapt only the top this many encoder layers (None: all)
 
 
 DEFAULT_LR = {"sft": 5e-5, "shira": 1e-3, "lora": 5e-4, "adapter": 5e-4}
@@ -201,10 +202,20 @@ def _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progres
     if cfg.kind == "shira" and cfg.mask not in sparse.MASKS:
         raise RerankError(f"unknown --mask {cfg.mask!r}", hint=f"one of: {', '.join(sparse.MASKS)}")
     rows = vocab if cfg.embeddings else None
-    targets = sparse.target_weights(encoder, rows)
+    targets = sparse.target_weights(encoder, rows, layers=cfg.layers)
     weights = {n: getattr(m, a) for n, (m, a) in targets.items()}
     cands = {n: sparse.candidates(n, w, rows) for n, w in weights.items()}
-    if cfg.kind == "shira":
+    saved = sparse.load_mask(work, weights)  # an interrupted run trains the entries it chose before
+    if saved is not None:
+        chosen, done = saved
+        recipe["mask"] = cfg.mask if cfg.kind == "shira" else "LT-SFT phase 1 (chosen before the interruption)"
+        if cfg.kind == "sft":  # phase 1 ran before the interruption: phase 2 keeps the length it had
+            recipe.update(phase1_steps=done.get("phase1_steps"), l1=cfg.l1)
+            loop = LoopConfig(**{**vars(loop), "max_steps": max(1, loop.max_steps - int(done.get("phase1_steps", 0)))})
+            if loop.time_budget is not None:
+                loop.time_budget = max(1.0, loop.time_budget - float(done.get("phase1_seconds", 0.0)))
+        extra = None
+    elif cfg.kind == "shira":
         if cfg.mask == "random":
             scores = {n: torch.zeros_like(w) for n, w in weights.items()}
         elif cfg.mask == "magnitude":
@@ -239,10 +250,13 @@ def _train_sparse(cfg, encoder, head, vocab, loop, step_loss, dev, work, progres
         chosen = sparse.choose(moved, cfg.density, cands, per_tensor=False)
         del base, moved
         recipe.update(phase1_steps=log1.steps, l1=cfg.l1)
+        phase1_done = {"phase1_steps": log1.steps, "phase1_seconds": log1.seconds}
         loop = LoopConfig(**{**vars(loop), "max_steps": max(1, loop.max_steps - log1.steps)})
         if loop.time_budget is not None:
             loop.time_budget = max(1.0, loop.time_budget - log1.seconds)
         extra = None
+    if saved is None:
+        sparse.save_mask(work, chosen, phase1_done if cfg.kind == "sft" else {})
     deltas = sparse.attach(targets, chosen, rows)
     if head is not None:
         head.row_delta = next((d for d in deltas.values() if isinstance(d, sparse.RowsDelta)), None)
@@ -271,7 +285,7 @@ def _train_lora(cfg, encoder, loop, step_loss, dev, work, progress, code, extra_
     from rerank.modules.format import Module, ModuleConfig
     from rerank.training import sparse
 
-    names = sorted({n[: -len(".weight")] for n in sparse.target_weights(encoder)})
+    names = sorted({n[: -len(".weight")] for n in sparse.target_weights(encoder, layers=cfg.layers)})
     alpha = 2 * cfg.rank
     peft_model = get_peft_model(encoder, LoraConfig(r=cfg.rank, lora_alpha=alpha, target_modules=names,
                                                     lora_dropout=0.0, init_lora_weights=True))  # fmt: skip
@@ -304,8 +318,10 @@ def _train_adapter(cfg, encoder, loop, step_loss, dev, work, progress, code, fp,
 
     init_adapters(encoder)
     slot = "lang" if role == "language" else "task"
-    config = SeqBnInvConfig(reduction_factor=cfg.reduction) if role == "language" else SeqBnConfig(
-        reduction_factor=cfg.reduction)  # fmt: skip
+    n_layers = encoder.config.num_hidden_layers
+    leave_out = list(range(n_layers - cfg.layers)) if cfg.layers else []
+    config = SeqBnInvConfig(reduction_factor=cfg.reduction, leave_out=leave_out) if role == "language" else \
+        SeqBnConfig(reduction_factor=cfg.reduction, leave_out=leave_out)
     encoder.add_adapter(slot, config=config)
     encoder.train_adapter(slot)  # freezes everything else
     if below:  # MAD-X: the task adapter is trained on top of the (frozen) language adapter

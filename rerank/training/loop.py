@@ -47,6 +47,7 @@ class LoopLog:
     dev: list = field(default_factory=list)  # (step, dev metric)
     best_dev: float | None = None
     resumed_from: int = 0
+    seconds_at_resume: float = 0.0  # the loop's clock when this session resumed it (earlier sessions' time)
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -83,10 +84,13 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     log = LoopLog()
     start_step = 0
+    best = None
     if checkpoint_dir is not None and (checkpoint_dir / "checkpoint" / "state.json").is_file():
-        start_step = _load_checkpoint(checkpoint_dir / "checkpoint", names, plist, opt, sched, log)
+        start_step, best = _load_checkpoint(checkpoint_dir / "checkpoint", names, plist, opt, sched, log)
         log.resumed_from = start_step
-    best = {n: p.detach().clone() for n, p in zip(names, plist, strict=True)} if dev else None
+        log.seconds_at_resume = log.seconds
+    if dev and best is None:
+        best = {n: p.detach().clone() for n, p in zip(names, plist, strict=True)}
     bad_evals = 0
     started = time.perf_counter() - log.seconds
     window: list[float] = []
@@ -128,7 +132,7 @@ def train(
                         break
             if checkpoint_dir is not None and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 log.steps = step
-                _save_checkpoint(checkpoint_dir / "checkpoint", names, plist, opt, sched, log, step)
+                _save_checkpoint(checkpoint_dir / "checkpoint", names, plist, opt, sched, log, step, best)
             if cfg.time_budget is not None and log.seconds >= cfg.time_budget:
                 log.stopped = f"time budget of {cfg.time_budget:.0f} s reached at step {step}"
                 break
@@ -143,12 +147,16 @@ def train(
     return log
 
 
-def _save_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog, step: int) -> None:
+def _save_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog, step: int, best=None) -> None:
+    """The trainable tensors, the optimizer's state, the schedule, the log — and the best dev state so far,
+    which the run restores at its end (without it a resumed run would end with another state)."""
     from safetensors.torch import save_file
 
     from rerank.collections._io import atomic_dir
 
     tensors = {f"param.{n}": p.detach().contiguous() for n, p in zip(names, plist, strict=True)}
+    if best is not None and log.best_dev is not None:
+        tensors.update({f"best.{n}": t.detach().contiguous() for n, t in best.items()})
     for i, n in enumerate(names):
         st = opt.state.get(plist[i], {})
         for k, v in st.items():
@@ -160,7 +168,7 @@ def _save_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog, step:
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
 
 
-def _load_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog) -> int:
+def _load_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog) -> tuple[int, dict | None]:
     from safetensors.torch import load_file
 
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -182,7 +190,8 @@ def _load_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog) -> in
         group["lr"] = lr  # the scheduler's state does not carry the optimizer's current rate
     for k, v in state["log"].items():
         setattr(log, k, v)
-    return int(state["step"])
+    best = {n: tensors[f"best.{n}"].clone() for n in names if f"best.{n}" in tensors}
+    return int(state["step"]), (best if len(best) == len(names) else None)
 
 
 def parse_budget(text: str | None) -> float | None:

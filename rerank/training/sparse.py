@@ -61,16 +61,29 @@ class RowsDelta(nn.Module):
         return output + self.for_ids(args[0]).to(output.dtype)
 
 
-def target_weights(model, embeddings_rows: torch.Tensor | None = None) -> dict[str, tuple[nn.Module, str]]:
+def target_weights(model, embeddings_rows: torch.Tensor | None = None, layers: int | None = None,
+                   ) -> dict[str, tuple[nn.Module, str]]:  # fmt: skip
     """The weights a module adapts, by normalised name → (owning module, attribute): every linear weight
-    of the encoder, and the word embeddings when ``embeddings_rows`` (the language's pieces) is given."""
+    of the encoder (``layers``: of its top this many layers only), and the word embeddings when
+    ``embeddings_rows`` (the language's pieces) is given."""
+    import re
+
     from rerank.backbone.fingerprints import encoder_name
 
+    first = 0
+    if layers is not None:
+        n = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0)
+        if not 1 <= layers <= n:
+            from rerank.errors import RerankError
+
+            raise RerankError(f"--layers {layers}: the model has {n} layers", hint=f"a number from 1 to {n}")
+        first = n - layers
     out = {}
     for full, mod in model.named_modules():
         if isinstance(mod, nn.Linear):
             name = encoder_name(f"{full}.weight")
-            if name is not None and name.startswith("encoder."):
+            m = re.match(r"encoder\.layer\.(\d+)\.", name or "")
+            if name is not None and name.startswith("encoder.") and (m is None or int(m.group(1)) >= first):
                 out[name] = (mod, "weight")
         elif isinstance(mod, nn.Embedding) and embeddings_rows is not None and full.endswith("word_embeddings"):
             out[encoder_name(f"{full}.weight")] = (mod, "weight")
@@ -111,6 +124,44 @@ def choose(scores: dict[str, torch.Tensor], density: float, cands: dict[str, tor
         pick = torch.nonzero(p >= threshold).flatten()
         out[n] = pick if cands[n] is None else cands[n][pick]
     return out
+
+
+def save_mask(work, chosen: dict[str, torch.Tensor], facts: dict | None = None) -> None:
+    """Keep the chosen entries in ``<work>/mask.safetensors`` (and ``facts`` about how, as its metadata): a
+    resumed run must train the same ones (its checkpoint holds values, not where they go)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    p = Path(work)
+    p.mkdir(parents=True, exist_ok=True)
+    tmp = p / ".mask.safetensors.tmp"
+    save_file({n: i.to(torch.int64).contiguous() for n, i in chosen.items()}, str(tmp),
+              metadata={"facts": json.dumps(facts or {})})  # fmt: skip
+    tmp.replace(p / "mask.safetensors")
+
+
+def load_mask(work, weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The entries an interrupted run chose and the facts saved with them (None when it chose none yet);
+    refused if they are another model's."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(work) / "mask.safetensors"
+    if not p.is_file():
+        return None
+    chosen = load_file(str(p))
+    with safe_open(str(p), framework="pt") as f:
+        facts = json.loads((f.metadata() or {}).get("facts", "{}"))
+    if set(chosen) != set(weights) or any(int(i.max()) >= weights[n].numel() for n, i in chosen.items() if i.numel()):
+        from rerank.errors import RerankError
+
+        raise RerankError(f"{p} is the mask of another run", hint=f"delete {p.parent} to start over")
+    return chosen, facts
 
 
 def attach(targets: dict, chosen: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> dict:

@@ -62,6 +62,8 @@ class TaskConfig:
     embeddings: bool = False
     list_head: bool = False  # the list-aware head (rerank.scoring.listhead) on top of the plain one
     max_queries: int | None = None  # read no more training queries
+    head: str = "plain"  # plain (first-token pooler + classifier) | residual (rerank.scoring.residual)
+    layers: int | None = None  # train only the top this many encoder layers (None: all)
 
 
 def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -74,12 +76,27 @@ def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return train, dev
 
 
+HEADS = ("plain", "mean", "residual")  # mean: the residual head's mean-pooled correction without the prior
+
+
+def group_prior(rows: list[dict], negatives: int) -> torch.Tensor:
+    """The bi-encoder's cosines (the pairs' ``teacher``) of each group, padded like the groups (len, 1 + neg)."""
+    out = []
+    for r in rows:
+        t = list(r["teacher"][: 1 + min(negatives, len(r["negatives"]))])
+        out.append(t + [t[-1]] * (1 + negatives - len(t)))
+    return torch.tensor(out, dtype=torch.float32)
+
+
 def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
-                 list_head: bool = False, max_tokens: int = 2048) -> tuple[torch.Tensor, int]:  # fmt: skip
+                 list_head: bool = False, max_tokens: int = 2048, residual: bool = False,
+                 ) -> tuple[torch.Tensor, int]:  # fmt: skip
     """Logits (len(rows), 1 + negatives) of each query against its positive and negatives (``list_head``:
-    through the list-aware head, each group being one candidate list). The pairs run in length-sorted
+    through the list-aware head, each group being one candidate list; ``residual``: through the residual head,
+    from the rows' bi-encoder cosines, :mod:`rerank.scoring.residual`). The pairs run in length-sorted
     micro-batches of at most ``max_tokens`` (padded to their own longest), not as one batch padded to the
     longest pair: on LibreOffice's help that is about half the tokens."""
+    from rerank.scoring import residual as res
     from rerank.scoring.batching import length_sorted_batches, pad_batch
 
     firsts, seconds = [], []
@@ -90,7 +107,9 @@ def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
         seconds += docs
     from rerank.scoring.cross import encode_pairs
 
-    ids, types, _ = encode_pairs(tok, list(zip(firsts, seconds, strict=True)), max_length)
+    prior = group_prior(rows, negatives).reshape(-1) if residual else None
+    prefixes = res.PAIR_PREFIXES if residual else None
+    ids, types, _ = encode_pairs(tok, list(zip(firsts, seconds, strict=True)), max_length, prefixes)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     parts, order = [], []
     for batch in length_sorted_batches([len(x) for x in ids], max_tokens):
@@ -98,7 +117,9 @@ def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
         inputs = {"input_ids": torch.from_numpy(tok_ids), "attention_mask": torch.from_numpy(mask)}
         if types is not None:
             inputs["token_type_ids"] = torch.from_numpy(pad_batch([types[i] for i in batch], 0)[0])
-        if list_head:
+        if residual:
+            parts.append(model.residual_head(res.mean_pooled(model, inputs), prior[torch.as_tensor(batch)]))
+        elif list_head:
             from rerank.scoring.listhead import pooled
 
             parts.append(pooled(model, inputs))
@@ -134,6 +155,7 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
 
     from tqdm import tqdm
 
+    from rerank.scoring import residual as res
     from rerank.scoring.batching import length_sorted_batches, pad_batch
 
     take = random.Random(cfg.seed).sample(rows, min(len(rows), cfg.probe_queries))
@@ -146,7 +168,9 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
         seconds += docs
     from rerank.scoring.cross import encode_pairs
 
-    ids, types, _ = encode_pairs(tok, list(zip(firsts, seconds, strict=True)), cfg.max_length)
+    is_res = cfg.head == "residual"
+    ids, types, _ = encode_pairs(tok, list(zip(firsts, seconds, strict=True)), cfg.max_length,
+                                 res.PAIR_PREFIXES if is_res else None)  # fmt: skip
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     base = getattr(model, model.base_model_prefix)
     feats = torch.zeros(len(ids), model.config.hidden_size)
@@ -157,10 +181,13 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
             inputs = {"input_ids": torch.from_numpy(t), "attention_mask": torch.from_numpy(m)}
             if types is not None:
                 inputs["token_type_ids"] = torch.from_numpy(pad_batch([types[i] for i in b], 0)[0])
-            out = base(**inputs)
-            feats[torch.as_tensor(b)] = out[0][:, 0].float()
+            if is_res:
+                feats[torch.as_tensor(b)] = res.mean_pooled(model, inputs).float()
+            else:
+                feats[torch.as_tensor(b)] = base(**inputs)[0][:, 0].float()
             bar.update(len(b))
     feats = feats.view(len(take), n, -1)
+    prior = group_prior(take, cfg.negatives) if is_res else None
     teacher = None
     if cfg.loss in TEACHER_LOSSES:
         teacher = torch.tensor([(r["teacher"] + [r["teacher"][-1]] * 64)[:n] for r in take])
@@ -176,7 +203,11 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
         total = 0.0
         for i in range(0, len(order), cfg.batch_queries):
             pick = torch.tensor(order[i : i + cfg.batch_queries])
-            scores = head_logits(model, feats[pick].reshape(-1, feats.shape[-1])).view(len(pick), n)
+            flat = feats[pick].reshape(-1, feats.shape[-1])
+            if is_res:
+                scores = model.residual_head(flat, prior[pick].reshape(-1)).view(len(pick), n)
+            else:
+                scores = head_logits(model, flat).view(len(pick), n)
             loss = ranking_loss(scores, cfg.loss, None if teacher is None else teacher[pick])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -218,8 +249,11 @@ def train_task_module(
     model: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    dev_topics: list | tuple = (),
 ):
-    """Train a ranking task module (and its head) and write it to ``out``; returns the module."""
+    """Train a ranking task module (and its head) and write it to ``out``; returns the module. ``pairs_path``:
+    one pairs file (or ir_datasets id) or several, read together. ``dev_topics``: topic files of the dev sets
+    the module will be judged on — refused if they share a query with the training data."""
     import random
     import tempfile
 
@@ -237,18 +271,30 @@ def train_task_module(
         raise RerankError(f"unknown --kind {cfg.kind!r}", hint=f"one of: {', '.join(KINDS)}")
     if cfg.loss not in LOSSES:
         raise RerankError(f"unknown --loss {cfg.loss!r}", hint=f"one of: {', '.join(LOSSES)}")
+    if cfg.head not in HEADS:
+        raise RerankError(f"unknown --head {cfg.head!r}", hint=f"one of: {', '.join(HEADS)}")
+    if cfg.head == "residual" and cfg.list_head:
+        raise RerankError("--list-head goes on the plain head, not the residual one", hint="drop one of them")
     code = languages.code(source_lang)
     out = Path(out)
     refuse_existing(out, overwrite)
     started = time.perf_counter()
-    from_file = Path(pairs_path).exists()
+    sources = [pairs_path] if isinstance(pairs_path, str | os.PathLike) else list(pairs_path)
+    from_file = all(Path(p).exists() for p in sources)
     # an ir_datasets id (no file): as many queries as the steps take, and a dev split
     need = cfg.max_queries or (None if from_file else cfg.max_steps * cfg.batch_queries * cfg.grad_accum * 21 // 20)
-    rows = read_pairs(pairs_path, max_queries=need)
-    if cfg.loss in TEACHER_LOSSES and any("teacher" not in r for r in rows):
-        raise RerankError(
-            f"{cfg.loss} needs teacher scores in every training query", hint="rerank train pairs --teacher"
-        )
+    rows = [r for p in sources for r in read_pairs(p, max_queries=need)]
+    if cfg.max_queries:
+        rows = rows[: cfg.max_queries]
+    for what, wanted in ((cfg.loss, cfg.loss in TEACHER_LOSSES), ("the residual head", cfg.head != "plain")):
+        if wanted and any("teacher" not in r for r in rows):
+            raise RerankError(f"{what} needs teacher scores (the bi-encoder's) in every training query",
+                              hint="rerank train pairs --teacher")  # fmt: skip
+    dev_files = [str(f) for f in dev_topics or ()]
+    if dev_files:
+        from rerank.collections.splits import check_disjoint
+
+        check_disjoint([r["query"] for r in rows], dev_files)
     train_rows, dev_rows = _split(rows)
     info = resolve_model(model)
     tok = load_tokenizer(info.path)
@@ -277,7 +323,18 @@ def train_task_module(
         if attach(net) is None:
             raise RerankError("--list-head needs a BERT-style model (a pooler, then a linear classifier)",
                               hint="train without --list-head")  # fmt: skip
-    parts = ("pooler.", "classifier.", "list_head.") if cfg.list_head else ("pooler.", "classifier.")
+    residual = cfg.head in ("residual", "mean")
+    if residual:
+        from rerank.scoring import residual as res
+
+        res.attach(net)
+        parts = (res.PREFIX,)
+        if cfg.head == "mean":  # no prior: the correction alone ranks (the prior's weight stays 0, untrained)
+            with torch.no_grad():
+                net.residual_head.prior_scale.zero_()
+            parts = (f"{res.PREFIX}proj.",)
+    else:
+        parts = ("pooler.", "classifier.", "list_head.") if cfg.list_head else ("pooler.", "classifier.")
     head = {n: p for n, p in net.named_parameters() if _strip(n).startswith(parts)}
     per = max(1, len(train_rows) // cfg.batch_queries)
     orders: dict[int, list[int]] = {}
@@ -293,7 +350,7 @@ def train_task_module(
 
     def step_loss(i: int, extra=None):
         b = batch(i)
-        scores, tokens = group_scores(net, tok, b, cfg.negatives, cfg.max_length, cfg.list_head)
+        scores, tokens = group_scores(net, tok, b, cfg.negatives, cfg.max_length, cfg.list_head, residual=residual)
         teacher = None
         if cfg.loss in TEACHER_LOSSES:
             teacher = torch.tensor([(r["teacher"] + [r["teacher"][-1]] * 64)[: 1 + cfg.negatives] for r in b])
@@ -307,28 +364,39 @@ def train_task_module(
         rr = []
         with torch.no_grad():
             for j in range(0, len(dev_rows), 4):
-                scores, _ = group_scores(net, tok, dev_rows[j : j + 4], cfg.negatives, cfg.max_length, cfg.list_head)
+                scores, _ = group_scores(net, tok, dev_rows[j : j + 4], cfg.negatives, cfg.max_length, cfg.list_head,
+                                         residual=residual)  # fmt: skip
                 rank = 1 + (scores[:, 1:] > scores[:, :1]).sum(dim=1)
                 rr += (1.0 / rank.float()).tolist()
         net.train()
         return sum(rr) / len(rr)
 
+    work = Path(f"{out}.work")
+    resumed = _work_state(work, head)  # an interrupted run: its first figures and its probed head, kept from before
     net.train()
-    mrr_before = dev_mrr()
-    probe = None
-    if cfg.probe_queries:  # LP-FT: the new head first learns on the frozen encoder's features
-        probe = probe_head(net, tok, train_rows, cfg, list(head.values()), progress)
-    mrr_probed = dev_mrr() if probe else None
+    if resumed:
+        mrr_before, probe, mrr_probed = resumed["dev_mrr_before"], resumed["probe"], resumed["dev_mrr_after_probe"]
+        resumed["sessions"] = int(resumed.get("sessions", 1)) + 1
+        _save_work_state(work, resumed, head)
+    else:
+        mrr_before = dev_mrr()
+        probe = None
+        if cfg.probe_queries:  # LP-FT: the new head first learns on the frozen encoder's features
+            probe = probe_head(net, tok, train_rows, cfg, list(head.values()), progress)
+        mrr_probed = dev_mrr() if probe else None
+        _save_work_state(work, {"dev_mrr_before": mrr_before, "probe": probe, "dev_mrr_after_probe": mrr_probed,
+                                "setup_seconds": round(time.perf_counter() - started, 1)}, head)  # fmt: skip
     lr = cfg.lr or TASK_LR[cfg.kind]
     loop = LoopConfig(max_steps=cfg.max_steps, lr=lr, time_budget=cfg.time_budget, patience=cfg.patience,
                       grad_accum=cfg.grad_accum, eval_every=cfg.eval_every, seed=cfg.seed,
                       checkpoint_every=max(50, cfg.eval_every))  # fmt: skip
-    work = Path(f"{out}.work")
     recipe = {"objective": f"ranking, {cfg.loss} loss", "kind": cfg.kind, "loss": cfg.loss, "lr": lr,
               "head_lr": cfg.head_lr, "max_steps": cfg.max_steps, "batch_queries": cfg.batch_queries,
               "negatives": cfg.negatives,
               "max_length": cfg.max_length, "seed": cfg.seed, "language_module": lang_record,
-              "head": "list-aware (attention over the candidate list)" if cfg.list_head else "plain",
+              "head": cfg.head if residual else
+              "list-aware (attention over the candidate list)" if cfg.list_head else "plain",
+              "layers": cfg.layers,
               "dev_mrr_before": round(mrr_before, 4), "probe": probe,
               "dev_mrr_after_probe": None if mrr_probed is None else round(mrr_probed, 4)}  # fmt: skip
     dev = lambda: 1.0 - dev_mrr()  # noqa: E731 - the loop minimises
@@ -342,7 +410,8 @@ def train_task_module(
     else:
         module, log = _train_adapter(lang_cfg, net, loop, step_loss, dev, work, progress, code, info.fingerprint,
                                      info.name, extra_params=head, role="task", below=below)  # fmt: skip
-    extras = {_strip(n): p.detach().float().clone() for n, p in head.items()}
+    carried = head if not residual else {n: p for n, p in net.named_parameters() if _strip(n).startswith(res.PREFIX)}
+    extras = {_strip(n): p.detach().float().clone() for n, p in carried.items()}
     common = dict(role="task", language=code, base_model=info.name, base_fingerprint=info.fingerprint)
     c = module.config
     module.config = ModuleConfig(kind=cfg.kind, density=cfg.density if cfg.kind in ("shira", "sft") else None,
@@ -353,19 +422,83 @@ def train_task_module(
         steps=log.steps, stopped=log.stopped, dev_mrr=[(s, round(1 - v, 4)) for s, v in log.dev],
         dev_mrr_best=None if log.best_dev is None else round(1 - log.best_dev, 4),
         train_loss=[(s, round(v, 4)) for s, v in log.train_loss[:: max(1, len(log.train_loss) // 20)]],
-        tokens=log.tokens, seconds=round(time.perf_counter() - started, 1),
+        tokens=log.tokens, resumed_from=log.resumed_from,
     )  # fmt: skip
     recipe.update(dev_checks(module, lang_module, model, dev_rows, cfg.negatives, cfg.max_length))
+    session = time.perf_counter() - started
+    # wall time over every session of an interrupted run: the training loop's own clock (carried in its
+    # checkpoints), the first session's set-up, and this session's set-up and final checks
+    earlier_setup = float((resumed or {}).get("setup_seconds", 0.0))
+    recipe.update(seconds=round(log.seconds + earlier_setup + max(0.0, session - _loop_seconds(log)), 1),
+                  loop_seconds=round(log.seconds, 1), sessions=int((resumed or {}).get("sessions", 1)))
     module.config.recipe = recipe
-    p = Path(pairs_path)
-    source = {"pairs": str(p.resolve()), "sha256": _sha(p)} if from_file else {"ir_datasets": str(pairs_path)}
-    module.config.data = {**source, "queries": len(rows),
-                          "train_queries": len(train_rows), "dev_queries": len(dev_rows)}  # fmt: skip
+    if from_file:
+        files = [{"pairs": str(Path(p).resolve()), "sha256": _sha(Path(p)), **_pairs_facts(Path(p))} for p in sources]
+        source = files[0] if len(files) == 1 else {"pairs": files}
+    else:
+        source = {"ir_datasets": ", ".join(str(p) for p in sources)}
+    module.config.data = {**source, "queries": len(rows), "train_queries": len(train_rows),
+                          "dev_queries": len(dev_rows), "dev_topics_checked": dev_files}  # fmt: skip
     save_module(module, out, overwrite=overwrite)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
     return module
+
+
+def _pairs_facts(path: Path) -> dict:
+    """What ``rerank train pairs`` recorded about how a pairs file was made (``<file>.json``), if anything."""
+    import json
+
+    try:
+        raw = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keep = ("method", "lang", "queries", "first_stage", "depth", "negatives_per_query", "filtered", "topics", "qrels",
+            "source", "teacher")  # fmt: skip
+    return {"made": {k: raw[k] for k in keep if k in raw}} if isinstance(raw, dict) else {}
+
+
+def _save_work_state(work: Path, facts: dict, head: dict) -> None:
+    """What an interrupted task-module run must not redo: the dev figures before training, the probe's record
+    and the probed head (safetensors), in ``<out>.work/start/``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from rerank.collections._io import atomic_dir
+
+    with atomic_dir(work / "start", overwrite=True) as tmp:
+        save_file({n: p.detach().contiguous() for n, p in head.items()}, str(tmp / "head.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(facts), encoding="utf-8")
+
+
+def _work_state(work: Path, head: dict) -> dict | None:
+    """The saved start of an interrupted run (its head parameters restored into ``head``), or None."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = work / "start"
+    if not (folder / "state.json").is_file():
+        return None
+    try:
+        facts = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / "head.safetensors"))
+    except (OSError, ValueError):
+        return None
+    if set(tensors) != set(head) or any(tensors[n].shape != p.shape for n, p in head.items()):
+        raise RerankError(f"{work} holds an interrupted run with another head",
+                          hint=f"delete {work} to start over, or resume with the same settings")  # fmt: skip
+    with torch.no_grad():
+        for n, p in head.items():
+            p.copy_(tensors[n])
+    return facts
+
+
+def _loop_seconds(log) -> float:
+    """The seconds this session's training loop ran (its clock carries earlier sessions' time)."""
+    return max(0.0, log.seconds - log.seconds_at_resume)
 
 
 def _random_mrr(n: int) -> float:
@@ -398,7 +531,10 @@ def dev_checks(module, lang_module, model, dev_rows: list[dict], negatives: int,
         for j, r in enumerate(dev_rows):
             q = dev_rows[(j + shift) % len(dev_rows)]["query"]
             docs = [r["positive"]["text"], *(n["text"] for n in r["negatives"][:negatives])]
-            s = [float(x) for x in rr.predict([(q, d) for d in docs])]
+            # the residual head starts from the bi-encoder's cosines: the row's own for its query; for another
+            # query's, the reranker computes them
+            prior = r["teacher"][: len(docs)] if shift == 0 and "teacher" in r else None
+            s = [float(x) for x in rr.predict([(q, d) for d in docs], prior=prior)]
             found[shift].append(_rr(s))
             if shift == 0:
                 kept.append(s)
@@ -481,4 +617,4 @@ def _as_lang_cfg(cfg: TaskConfig):
 
     return LangConfig(kind=cfg.kind, density=cfg.density, rank=cfg.rank, reduction=cfg.reduction, mask=cfg.mask,
                       embeddings=cfg.embeddings, max_steps=cfg.max_steps, l1=cfg.l1, seed=cfg.seed,
-                      head_lr=cfg.head_lr)  # fmt: skip
+                      head_lr=cfg.head_lr, layers=cfg.layers)  # fmt: skip
