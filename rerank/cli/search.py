@@ -23,7 +23,8 @@ def search(
     field: Annotated[str, typer.Option("--field", help="Topic field to search: title, desc or title+desc.")] = "title",
     first_stage: Annotated[
         str,
-        typer.Option("--first-stage", help="bm25, dense, hybrid (RRF of both) or auto (by query/document language)."),
+        typer.Option("--first-stage",
+                     help="bm25, dense, hybrid (RRF of both), or auto: dense where the index has vectors, else bm25."),
     ] = "auto",
     reranker: Annotated[
         str, typer.Option("--reranker", help="none, bi (embedding cosine), cross (ranking head) or auto.")

@@ -322,9 +322,10 @@ def test_index_builds_the_dense_part_and_dense_only_rebuilds_it(capsys, hybrid_i
 def test_search_table_shows_first_stage_rank_beside_the_reranked_rank(capsys, hybrid_index, tiny_bert, udhr_dir):
     query = (udhr_dir / "topics.ky.tsv").read_text(encoding="utf-8").splitlines()[3].split("\t")[1]
     code, stdout, _ = rerank(capsys, "search", "--index", hybrid_index, "--lang", "ky", "--model", tiny_bert, query)
-    assert code == 0 and "hybrid · " in stdout and "reranked" not in stdout  # auto: no bi after its own dense
+    assert code == 0 and "dense · " in stdout and "reranked" not in stdout  # auto: no bi after its own dense
     code, stdout, _ = rerank(
-        capsys, "search", "--index", hybrid_index, "--lang", "ky", "--model", tiny_bert, "--reranker", "bi", query
+        capsys, "search", "--index", hybrid_index, "--lang", "ky", "--model", tiny_bert, "--reranker", "bi",
+        "--first-stage", "hybrid", query,
     )
     assert code == 0, stdout
     assert "hybrid+bi" in stdout and "reranked top 100" in stdout
