@@ -30,7 +30,8 @@ from rerank.types import Query, ScoredDoc
 
 FIRST_STAGES = ("auto", "bm25", "dense", "hybrid")
 RERANKERS = ("auto", "none", "bi", "cross")
-DEFAULT_DEPTH = 100
+DEFAULT_DEPTH = 100  # the bi-encoder's (cheap: the index holds the documents' vectors)
+CROSS_DEPTH = 20  # the cross-encoder's: the quality–latency curve on the dev questions (modules/README.md)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Pipeline:
     stacks nothing."""
 
     def __init__(self, index: str | os.PathLike, *, first_stage: str = "auto", reranker: str = "auto",
-                 model=None, dense_model=None, depth: int = DEFAULT_DEPTH, fusion_k: float = DEFAULT_K,
+                 model=None, dense_model=None, depth: int | None = None, fusion_k: float = DEFAULT_K,
                  fusion_weights: Sequence[float] | None = None, device: str | None = None,
                  max_length: int | None = None, analyzer: str | None = None,
                  modules: Sequence | Mapping | str | None = "auto", module_density: float | None = None,
@@ -80,8 +81,9 @@ class Pipeline:
             raise RerankError(f"unknown first stage {first_stage!r}", hint=f"use one of: {', '.join(FIRST_STAGES)}")
         if reranker not in RERANKERS:
             raise RerankError(f"unknown reranker {reranker!r}", hint=f"use one of: {', '.join(RERANKERS)}")
-        if depth < 1:
-            raise RerankError(f"rerank depth must be ≥ 1, not {depth}", hint="the usual value is 100")
+        if depth is not None and depth < 1:
+            raise RerankError(f"rerank depth must be ≥ 1, not {depth}",
+                              hint="e.g. 20 for a cross-encoder, 100 for the bi-encoder")
         if fusion_weights is not None and first_stage not in ("hybrid", "auto"):
             raise RerankError("fusion weights apply only to --first-stage hybrid", hint="drop --fusion-weights")
         if fusion_weights is not None and len(fusion_weights) != 2:
@@ -107,7 +109,7 @@ class Pipeline:
                     hint="e.g. --first-stage-weight 0.5 (0: the cross-encoder's order alone)",
                 )
         self.first_stage_weight = first_stage_weight
-        self.depth, self.fusion_k = depth, fusion_k
+        self.depth, self.fusion_k = depth or DEFAULT_DEPTH, fusion_k
         self.fusion_weights = tuple(float(w) for w in fusion_weights) if fusion_weights is not None else None
         self.device, self.max_length = device, max_length
         self._model, self._dense_model = model, dense_model
@@ -139,6 +141,8 @@ class Pipeline:
             self._settle_auto_reranker()
         for path in dict.fromkeys(p for mods in self.modules.values() for p in mods):
             self.composer.load(path)  # a bad module is reported now, before any searching
+        if depth is None and self.reranker_kind == "cross":
+            self.depth = CROSS_DEPTH
 
     @classmethod
     def from_index(cls, index: str | os.PathLike, **kwargs) -> Pipeline:

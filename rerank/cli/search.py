@@ -59,7 +59,11 @@ def search(
             "auto: the weight the task module's dev split chose; 0: the cross-encoder's order alone.",
         ),
     ] = "auto",
-    depth: Annotated[int, typer.Option("--depth", min=1, help="How many first-stage results are reranked.")] = 100,
+    depth: Annotated[
+        int | None,
+        typer.Option("--depth", min=1, help="How many first-stage results are reranked [default: 20 by the "
+                     "cross-encoder, 100 by the bi-encoder]."),
+    ] = None,  # fmt: skip
     fusion_weights: Annotated[
         str | None, typer.Option("--fusion-weights", help="RRF weights bm25,dense for hybrid, e.g. 0.25,1.")
     ] = None,

@@ -210,6 +210,14 @@ def task(
         list[Path],
         typer.Option("--dev-topics", help="Topic files of dev sets: refused if they share a query with the pairs."),
     ] = [],  # noqa: B006
+    hard_fraction: Annotated[
+        float,
+        typer.Option("--hard-fraction", min=0.0, max=1.0,
+                     help="Share of each step's queries drawn by the first stage's own loss on them (needs teacher)."),
+    ] = 0.0,  # fmt: skip
+    select: Annotated[
+        str, typer.Option("--select", help="The dev figure that picks the kept state: mrr | loss (listwise).")
+    ] = "mrr",
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Optimizer steps.")] = 500,
     max_queries: Annotated[
         int | None, typer.Option("--max-queries", min=1, help="Read at most this many training queries.")
@@ -250,7 +258,8 @@ def task(
                      max_steps=max_steps, batch_queries=batch_queries, negatives=negatives, max_length=max_length,
                      lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed,
                      list_head=list_head, max_queries=max_queries, grad_accum=grad_accum,
-                     patience=patience or None, probe_queries=probe_queries, head=head, layers=layers)  # fmt: skip
+                     patience=patience or None, probe_queries=probe_queries, head=head, layers=layers,
+                     hard_fraction=hard_fraction, select=select)  # fmt: skip
     m = train_task_module(pairs_file, out_dir, cfg, source_lang=source_lang, lang_module=lang_module, model=model,
                           overwrite=overwrite, progress=not quiet, dev_topics=dev_topics)  # fmt: skip
     r = m.config.recipe

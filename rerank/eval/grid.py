@@ -21,7 +21,8 @@ A grid is a TOML file::
     reranker = "bi"                          # none | bi | cross | auto
     # model = "path", modules = ["modules/ky-lang", …] or "auto" (the shipped ones, as `rerank search` stacks
     # them), module_density = "2%", module_rank = 8,
-    # depth = 100, fusion_weights = [1.0, 1.0], requires = ["modules/en-task"],
+    # depth = 20 (default: the pipeline's: 20 by a cross-encoder, 100 by the bi-encoder),
+    # fusion_weights = [1.0, 1.0], requires = ["modules/en-task"],
     # first_stage_weight = 0 (cross-encoder's order alone; default "auto": the task module's dev choice)
 
 Runs are cached under ``<out>/runs/`` with a key over the system's settings, the topic file, the index
@@ -241,7 +242,7 @@ def _pipeline(Pipeline, index: Path, s: dict):
         "modules": s.get("modules") or None,
         "module_density": parse_density(s["module_density"]) if s.get("module_density") else None,
         "module_rank": s.get("module_rank"),
-        "depth": int(s.get("depth", 100)),
+        "depth": int(s["depth"]) if s.get("depth") else None,
         "fusion_k": float(s.get("fusion_k", 60.0)),
         "fusion_weights": tuple(s["fusion_weights"]) if s.get("fusion_weights") else None,
         "max_length": s.get("max_length"),

@@ -4,10 +4,13 @@
 
 * the task module (role ``task``, with its ranking head) made for the reranker's backbone — with several,
   the first by folder name;
-* the query language's module (role ``language``), preferring the kind of the language module the task
-  module was trained on. A language without a module gets the task module's own source-language module
-  instead: the task module then runs in the setting it was trained in (Litschko et al. 2022 stack the
-  task module with the target language's module, the source language's one only for training).
+* when the task module was trained on top of a language module: the query language's module in its place
+  (role ``language``), preferring the kind of the one it was trained on. A language without a module gets
+  the task module's own source-language module instead: the task module then runs in the setting it was
+  trained in (Litschko et al. 2022 stack the task module with the target language's module, the source
+  language's one only for training). A task module trained on the bare backbone (its relevance data in
+  several query languages, no one language module below it) is stacked alone, as it was trained; language
+  modules are then the user's to stack (``--modules``), and modules/README.md measures what they do.
 
 ``--reranker auto`` stacks them only when the task module earned it on its own dev split
 (:func:`task_verdict`): its cross-encoder alone must rank at least as well as the bi-encoder it would
@@ -80,8 +83,10 @@ def default_stack(lang: str | None, fingerprint: str, home: str | os.PathLike | 
         found = [e for e in langs if e.language == code]
         return next((e for e in found if e.kind == task.trained_on), found[0] if found else None)
 
+    if not task.trained_on:
+        return (task.path,)
     code = languages.code(lang) if lang else ""
-    chosen = (pick(code) if code else None) or (pick(task.language) if task.trained_on else None)
+    chosen = (pick(code) if code else None) or pick(task.language)
     return (chosen.path, task.path) if chosen else (task.path,)
 
 

@@ -45,6 +45,7 @@ class LoopLog:
     stopped: str = ""
     train_loss: list = field(default_factory=list)  # (step, mean loss since the last entry)
     dev: list = field(default_factory=list)  # (step, dev metric)
+    dev_info: list = field(default_factory=list)  # (step, other figures the dev evaluation returned)
     best_dev: float | None = None
     resumed_from: int = 0
     seconds_at_resume: float = 0.0  # the loop's clock when this session resumed it (earlier sessions' time)
@@ -64,7 +65,8 @@ def train(
     progress: bool = True,
 ) -> LoopLog:
     """Train ``params`` (name → parameter) on ``step_loss(micro_step) -> (loss, tokens)``. ``dev()`` is
-    lower-is-better; the best dev state is kept and restored at the end."""
+    lower-is-better (it may return ``(value, {other figures})``, kept in ``log.dev_info``); the best dev state is
+    kept and restored at the end."""
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -120,7 +122,11 @@ def train(
                 log.train_loss.append((step, sum(window) / len(window)))
                 window = []
             if dev is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                value = float(dev())
+                value = dev()
+                if isinstance(value, tuple):
+                    value, info = value
+                    log.dev_info.append((step, info))
+                value = float(value)
                 log.dev.append((step, value))
                 if log.best_dev is None or value < log.best_dev:
                     log.best_dev, bad_evals = value, 0

@@ -63,6 +63,8 @@ class TaskConfig:
     list_head: bool = False  # the list-aware head (rerank.scoring.listhead) on top of the plain one
     max_queries: int | None = None  # read no more training queries
     head: str = "plain"  # plain (first-token pooler + classifier) | residual (rerank.scoring.residual)
+    hard_fraction: float = 0.0  # share of each step's queries drawn by the first stage's loss on them
+    select: str = "mrr"  # the dev figure that picks the kept state: mrr | loss (listwise, on the dev groups)
     layers: int | None = None  # train only the top this many encoder layers (None: all)
 
 
@@ -86,6 +88,14 @@ def group_prior(rows: list[dict], negatives: int) -> torch.Tensor:
         t = list(r["teacher"][: 1 + min(negatives, len(r["negatives"]))])
         out.append(t + [t[-1]] * (1 + negatives - len(t)))
     return torch.tensor(out, dtype=torch.float32)
+
+
+def prior_losses(rows: list[dict], negatives: int) -> list[float]:
+    """The bi-encoder's own listwise loss on each group (−log softmax(cos / T) of the positive): near 0 where it
+    ranks the positive first by a wide margin, large where it is wrong. A small floor keeps every query drawable."""
+    t = group_prior(rows, negatives) / TEACHER_TEMPERATURE
+    loss = -torch.log_softmax(t, dim=1)[:, 0]
+    return [float(x) + 0.01 for x in loss]
 
 
 def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
@@ -168,7 +178,7 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
         seconds += docs
     from rerank.scoring.cross import encode_pairs
 
-    is_res = cfg.head == "residual"
+    is_res = cfg.head in ("residual", "mean")
     ids, types, _ = encode_pairs(tok, list(zip(firsts, seconds, strict=True)), cfg.max_length,
                                  res.PAIR_PREFIXES if is_res else None)  # fmt: skip
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -271,6 +281,8 @@ def train_task_module(
         raise RerankError(f"unknown --kind {cfg.kind!r}", hint=f"one of: {', '.join(KINDS)}")
     if cfg.loss not in LOSSES:
         raise RerankError(f"unknown --loss {cfg.loss!r}", hint=f"one of: {', '.join(LOSSES)}")
+    if cfg.select not in ("mrr", "loss"):
+        raise RerankError(f"unknown --select {cfg.select!r}", hint="mrr or loss")
     if cfg.head not in HEADS:
         raise RerankError(f"unknown --head {cfg.head!r}", hint=f"one of: {', '.join(HEADS)}")
     if cfg.head == "residual" and cfg.list_head:
@@ -286,7 +298,8 @@ def train_task_module(
     rows = [r for p in sources for r in read_pairs(p, max_queries=need)]
     if cfg.max_queries:
         rows = rows[: cfg.max_queries]
-    for what, wanted in ((cfg.loss, cfg.loss in TEACHER_LOSSES), ("the residual head", cfg.head != "plain")):
+    for what, wanted in ((cfg.loss, cfg.loss in TEACHER_LOSSES), ("the residual head", cfg.head != "plain"),
+                         ("--hard-fraction", cfg.hard_fraction > 0)):
         if wanted and any("teacher" not in r for r in rows):
             raise RerankError(f"{what} needs teacher scores (the bi-encoder's) in every training query",
                               hint="rerank train pairs --teacher")  # fmt: skip
@@ -336,16 +349,24 @@ def train_task_module(
     else:
         parts = ("pooler.", "classifier.", "list_head.") if cfg.list_head else ("pooler.", "classifier.")
     head = {n: p for n, p in net.named_parameters() if _strip(n).startswith(parts)}
-    per = max(1, len(train_rows) // cfg.batch_queries)
     orders: dict[int, list[int]] = {}
 
+    hard = int(round(cfg.hard_fraction * cfg.batch_queries))
+    weights = prior_losses(train_rows, cfg.negatives) if hard else None
+
     def batch(i: int) -> list[dict]:
-        epoch, k = divmod(i, per)
+        """The step's queries: the epoch's shuffled order (a function of seed and step, so a resumed run sees
+        what it would have seen), ``hard`` of them instead drawn in proportion to the first stage's own loss on
+        the group (where the bi-encoder is wrong or unsure: the residual head's signal is there)."""
+        plain = cfg.batch_queries - hard
+        epoch, k = divmod(i, max(1, len(train_rows) // max(1, plain)))
         if epoch not in orders:
             idx = list(range(len(train_rows)))
             random.Random(cfg.seed * 1_000_003 + epoch).shuffle(idx)
             orders[epoch] = idx
-        take = orders[epoch][k * cfg.batch_queries : (k + 1) * cfg.batch_queries]
+        take = orders[epoch][k * plain : (k + 1) * plain]
+        if hard:
+            take += random.Random(cfg.seed * 7_919 + i).choices(range(len(train_rows)), weights=weights, k=hard)
         return [train_rows[j] for j in take]
 
     def step_loss(i: int, extra=None):
@@ -359,17 +380,22 @@ def train_task_module(
             loss = loss + extra()
         return loss, tokens
 
-    def dev_mrr() -> float:
+    def dev_figures() -> tuple[float, float]:
+        """(MRR, listwise loss) of the positives in their dev groups."""
         net.eval()
-        rr = []
+        rr, losses = [], []
         with torch.no_grad():
             for j in range(0, len(dev_rows), 4):
                 scores, _ = group_scores(net, tok, dev_rows[j : j + 4], cfg.negatives, cfg.max_length, cfg.list_head,
                                          residual=residual)  # fmt: skip
-                rank = 1 + (scores[:, 1:] > scores[:, :1]).sum(dim=1)
+                rank = 1 + (scores[:, 1:] >= scores[:, :1]).sum(dim=1)  # ties count against the positive
                 rr += (1.0 / rank.float()).tolist()
+                losses += (-torch.log_softmax(scores.float(), dim=1)[:, 0]).tolist()
         net.train()
-        return sum(rr) / len(rr)
+        return sum(rr) / len(rr), sum(losses) / len(losses)
+
+    def dev_mrr() -> float:
+        return dev_figures()[0]
 
     work = Path(f"{out}.work")
     resumed = _work_state(work, head)  # an interrupted run: its first figures and its probed head, kept from before
@@ -396,10 +422,13 @@ def train_task_module(
               "max_length": cfg.max_length, "seed": cfg.seed, "language_module": lang_record,
               "head": cfg.head if residual else
               "list-aware (attention over the candidate list)" if cfg.list_head else "plain",
-              "layers": cfg.layers,
+              "layers": cfg.layers, "hard_fraction": cfg.hard_fraction,
               "dev_mrr_before": round(mrr_before, 4), "probe": probe,
               "dev_mrr_after_probe": None if mrr_probed is None else round(mrr_probed, 4)}  # fmt: skip
-    dev = lambda: 1.0 - dev_mrr()  # noqa: E731 - the loop minimises
+    def dev():  # the loop minimises: 1 − MRR, or the listwise loss (smoother where MRR is near its ceiling)
+        mrr, loss = dev_figures()
+        return (loss if cfg.select == "loss" else 1.0 - mrr), {"mrr": round(mrr, 4), "loss": round(loss, 4)}
+
     lang_cfg = _as_lang_cfg(cfg)
     if cfg.kind in ("shira", "sft"):
         module, log = _train_sparse(lang_cfg, net, None, None, loop, step_loss, dev, work, progress, code, recipe,
@@ -419,8 +448,9 @@ def train_task_module(
                                  **common)  # fmt: skip
     module.extras = extras
     recipe.update(
-        steps=log.steps, stopped=log.stopped, dev_mrr=[(s, round(1 - v, 4)) for s, v in log.dev],
-        dev_mrr_best=None if log.best_dev is None else round(1 - log.best_dev, 4),
+        steps=log.steps, stopped=log.stopped, dev_mrr=[(s, info["mrr"]) for s, info in log.dev_info],
+        dev_loss=[(s, info["loss"]) for s, info in log.dev_info], selected_by=f"dev {cfg.select}",
+        dev_mrr_best=_best_mrr(log),
         train_loss=[(s, round(v, 4)) for s, v in log.train_loss[:: max(1, len(log.train_loss) // 20)]],
         tokens=log.tokens, resumed_from=log.resumed_from,
     )  # fmt: skip
@@ -444,6 +474,14 @@ def train_task_module(
 
     shutil.rmtree(work, ignore_errors=True)
     return module
+
+
+def _best_mrr(log) -> float | None:
+    """The dev MRR of the state the loop kept (the best by the selection figure)."""
+    if log.best_dev is None or not log.dev_info:
+        return None
+    picked = next((s for s, v in log.dev if v == log.best_dev), None)
+    return next((info["mrr"] for s, info in log.dev_info if s == picked), None)
 
 
 def _pairs_facts(path: Path) -> dict:
@@ -563,7 +601,7 @@ def _mean(xs: list[float]) -> float:
 
 def _rr(scores) -> float:
     """Reciprocal rank of entry 0 (the positive); ties count against it, as in training's dev MRR."""
-    return 1.0 / (1 + sum(1 for x in scores[1:] if x > scores[0]))
+    return 1.0 / (1 + sum(1 for x in scores[1:] if x >= scores[0]))
 
 
 def _ranks(scores) -> list[int]:

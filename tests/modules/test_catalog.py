@@ -56,6 +56,28 @@ def test_the_default_stack_is_the_query_languages_module_and_the_task_module(shi
     assert default_stack("ky", "sha256:" + "1" * 64, shipped) == ()
 
 
+def test_a_task_module_trained_on_the_bare_backbone_is_stacked_alone(shipped, tiny_bert, tmp_path):
+    """Trained on relevance data in several languages with no language module below it, it runs as it was
+    trained: no query-language module is put under it by default."""
+    import shutil
+
+    from rerank.backbone import resolve_model
+    from rerank.modules.catalog import default_stack
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import save_module
+    from rerank.scoring.runtime import load_weights
+
+    home = tmp_path / "modules"
+    shutil.copytree(shipped, home)
+    shutil.rmtree(home / "en-task-lora")
+    cm = ComposedModel(load_weights(tiny_bert, head=True, device=torch.device("cpu"), new_head=True))
+    bare = task_module(cm, trained_on=None)
+    bare.config.recipe = {"language_module": None}
+    save_module(bare, home / "en-task-lora")
+    fp = resolve_model(tiny_bert).fingerprint
+    assert default_stack("ky", fp, home) == (home / "en-task-lora",) == default_stack("ug", fp, home)
+
+
 def test_a_task_module_gives_a_headless_backbone_its_ranking_head(shipped, tiny_bert, tiny_cross):
     from rerank import Reranker
 

@@ -102,6 +102,17 @@ def test_the_residual_head_starts_at_the_bi_encoder_and_trains_the_top_layers(qr
     assert rr.kind == "cross" and rr.scorer.residual_active()
 
 
+def test_the_mean_pooled_head_without_the_prior(qrel_pairs, tiny_bert, tmp_path):
+    """The comparison head: the residual head's correction alone (its prior weight fixed at 0)."""
+    from rerank.training.task import train_task_module
+
+    m = train_task_module(qrel_pairs, tmp_path / "mean", _cfg(head="mean", probe_queries=4, probe_epochs=1),
+                          model=tiny_bert, progress=False)  # fmt: skip
+    assert m.config.recipe["head"] == "mean" and float(m.extras["residual_head.prior_scale"]) == 0.0
+    assert m.extras["residual_head.proj.weight"].abs().sum() > 0
+    assert m.config.recipe["probe"]["queries"] == 4
+
+
 def test_an_interrupted_residual_run_resumes_to_the_same_module(qrel_pairs, tiny_bert, tmp_path, monkeypatch):
     from rerank.modules.format import load_module
     from rerank.training.task import train_task_module
