@@ -13,7 +13,8 @@ LANGS   := en de ru ky
 INDEXES := $(foreach l,$(LANGS),indexes/udhr-$(l)/rerank-index.json)
 Q       = $$(cut -f2 data/udhr/topics.$(1).tsv | sed -n $(2)p)
 
-.PHONY: install data indexes demo test lint bench clean browser grid train-data train-text modules modules-train
+.PHONY: install data indexes demo test lint bench clean browser grid train-data train-text modules modules-train \
+	dev-data dev-indexes train-pairs dev-grid
 
 install: $(STAMP)
 
@@ -44,26 +45,22 @@ indexes/udhr-%/rerank-index.json: $(DATA)
 	$(BIN)/rerank index --docs data/udhr/docs.$*.jsonl --lang $* --out indexes/udhr-$* --overwrite --quiet
 
 demo: $(INDEXES)
-	@echo; echo "== A Kyrgyz query over the Kyrgyz documents: hybrid first stage (BM25, pre-tokenized, + dense e5)"
-	$(BIN)/rerank search --index indexes/udhr-ky --lang ky "$(call Q,ky,4)"
-	@echo; echo "== All 31 Kyrgyz topics as TREC runs, scored with ir_measures: over Kyrgyz, then English documents"
-	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --topics data/udhr/topics.ky.tsv --first-stage bm25 \
-		--reranker none --output runs/bm25.ky-ky.trec --overwrite --quiet
-	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --topics data/udhr/topics.ky.tsv \
-		--output runs/auto.ky-ky.trec --overwrite --quiet
-	$(BIN)/ir_measures data/udhr/qrels.ky.txt runs/bm25.ky-ky.trec MAP nDCG@10 'RR(rel=2)'
-	$(BIN)/ir_measures data/udhr/qrels.ky.txt runs/auto.ky-ky.trec MAP nDCG@10 'RR(rel=2)'
+	@echo; echo "== A Kyrgyz query over the English documents: the default search — dense first stage, its top 20"
+	@echo "   reranked by the cross-encoder with the shipped task module (modules/en-task-shira)"
+	$(BIN)/rerank search --index indexes/udhr-en --lang ky "$(call Q,ky,19)"
+	@echo; echo "== All 31 Kyrgyz topics over the English documents as TREC runs, scored with ir_measures:"
+	@echo "   BM25, the dense first stage alone, and the default search (dense + the cross-encoder)"
 	$(BIN)/rerank search --index indexes/udhr-en --lang ky --topics data/udhr/topics.ky.tsv --first-stage bm25 \
 		--reranker none --output runs/bm25.ky-en.trec --overwrite --quiet
+	$(BIN)/rerank search --index indexes/udhr-en --lang ky --topics data/udhr/topics.ky.tsv --reranker none \
+		--output runs/dense.ky-en.trec --overwrite --quiet
 	$(BIN)/rerank search --index indexes/udhr-en --lang ky --topics data/udhr/topics.ky.tsv \
-		--output runs/auto.ky-en.trec --overwrite --quiet
+		--output runs/default.ky-en.trec --overwrite --quiet
 	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/bm25.ky-en.trec MAP nDCG@10 'RR(rel=2)'
-	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/auto.ky-en.trec MAP nDCG@10 'RR(rel=2)'
-	@echo; echo "== A Kyrgyz query over the Kyrgyz documents: hybrid first stage, top 100 reranked by the bi-encoder"
-	$(BIN)/rerank search --index indexes/udhr-ky --lang ky --first-stage hybrid --reranker bi "$(call Q,ky,14)"
-	@echo; echo "== A Kyrgyz query over the English documents: dense first stage, top 100 reranked by the cross-encoder"
-	@echo "   with the shipped modules (modules/ky-lang-shira + modules/en-task-shira), fused with the first stage"
-	$(BIN)/rerank search --index indexes/udhr-en --lang ky --reranker cross "$(call Q,ky,19)"
+	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/dense.ky-en.trec MAP nDCG@10 'RR(rel=2)'
+	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/default.ky-en.trec MAP nDCG@10 'RR(rel=2)'
+	@echo; echo "== The same Kyrgyz query over the Kyrgyz documents (BM25 and dense within one language), reranked"
+	$(BIN)/rerank search --index indexes/udhr-ky --lang ky "$(call Q,ky,4)"
 
 # Training text (never evaluated on): LibreOffice's help from Debian's packages — English for task modules
 # (pseudo-queries) and for the English language module; Turkish, German and Russian for theirs (paragraphs left
@@ -78,17 +75,75 @@ train-text: $(foreach l,en tr de ru,data/lohelp/docs.$(l).jsonl)
 	cd $(@D) && { ls *.deb >/dev/null 2>&1 || apt-get download libreoffice-help-$* 2>&1 | grep -v "^W:" || true; }
 	dpkg -x $(@D)/*.deb $(@D)/x
 	touch $@
-data/lohelp/docs.en.jsonl: $(STAMP) .cache/deb/libreoffice-help-en-us/.extracted
+data/lohelp/docs.en.jsonl: $(STAMP) .cache/deb/libreoffice-help-en-us/.extracted rerank/collections/lohelp.py
 	$(BIN)/rerank collections build-lohelp --root $(call LOHELP_ROOT,en-us,en-US) --lang en --out data/lohelp --overwrite
-data/lohelp/docs.%.jsonl: $(STAMP) .cache/deb/libreoffice-help-%/.extracted .cache/deb/libreoffice-help-en-us/.extracted
+data/lohelp/docs.%.jsonl: $(STAMP) .cache/deb/libreoffice-help-%/.extracted .cache/deb/libreoffice-help-en-us/.extracted \
+		rerank/collections/lohelp.py
 	$(BIN)/rerank collections build-lohelp --root $(call LOHELP_ROOT,$*,$*) --lang $* --out data/lohelp --overwrite \
 		--untranslated-from $(call LOHELP_ROOT,en-us,en-US)
 
+# Relevance data for the ranking task module, and its dev sets: each source becomes a collection whose train/dev
+# split is cut by hash before anything is trained (rerank collections build-qa / build-parallel): QED's Natural
+# Questions over their Wikipedia paragraphs (en), Tatoeba's Uyghur sentences over their English translations (ug),
+# LibreOffice's help paragraphs (tr, de, ru) over their English originals (dev: other pages than training's, which
+# the language modules' text leaves out too). ../shared/data/train is read in place, never copied into the repo.
+SHARED_TRAIN := ../shared/data/train
+QED_DIR  := $(SHARED_TRAIN)/qed
+TATOEBA  := $(SHARED_TRAIN)/tatoeba-ug-en/Uyghur-English.tsv
+NEED      = test -e $(1) || { echo "make: $(1) is missing ($(2); see ../shared/data.md) — make $@ needs it"; exit 2; }
+XL_LANGS := tr de ru
+DEV_SETS := data/qed/collection.json data/tatoeba/collection.json data/lohelp-xl/collection.json
+dev-data: $(DEV_SETS)
+data/qed/collection.json: | $(STAMP)
+	@$(call NEED,$(QED_DIR),the QED questions of Natural Questions train)
+	$(BIN)/rerank collections build-qa --qa $(QED_DIR) --name qed --out $(@D) --overwrite
+data/tatoeba/collection.json: | $(STAMP)
+	@$(call NEED,$(TATOEBA),Tatoeba's Uyghur-English sentence pairs)
+	$(BIN)/rerank collections build-parallel --tsv ug=$(TATOEBA) --name tatoeba --out $(@D) --overwrite
+data/lohelp-xl/collection.json: | $(STAMP) $(foreach l,en-us $(XL_LANGS),.cache/deb/libreoffice-help-$(l)/.extracted)
+	$(BIN)/rerank collections build-parallel --name lohelp --out $(@D) --max-train 1500 --max-dev 300 --overwrite \
+		--lohelp-en $(call LOHELP_ROOT,en-us,en-US) $(foreach l,$(XL_LANGS),--lohelp $(l)=$(call LOHELP_ROOT,$(l),$(l)))
+# the pools' indexes (BM25 + dense): what the dev grids search, and the help's training pages, searched for negatives
+DEV_INDEXES := $(foreach i,qed tatoeba lohelp-xl lohelp-xl-train,indexes/$(i)-en/rerank-index.json)
+dev-indexes: $(DEV_INDEXES)
+indexes/qed-en/rerank-index.json: data/qed/collection.json
+indexes/tatoeba-en/rerank-index.json: data/tatoeba/collection.json
+indexes/lohelp-xl-en/rerank-index.json indexes/lohelp-xl-train-en/rerank-index.json: data/lohelp-xl/collection.json
+$(DEV_INDEXES):
+	$(BIN)/rerank index --docs $(if $(findstring -train,$@),data/lohelp-xl/docs.train.en.jsonl,$(patsubst \
+		indexes/%-en/rerank-index.json,data/%/docs.en.jsonl,$@)) --lang en --out $(@D) --overwrite --quiet
+# training queries: 7 hard negatives drawn from the dense first stage's top 20 over the training pool (the first
+# stage the reranker sits on), passages holding the question's answer dropped, the bi-encoder's cosines kept
+PAIRS_REL := --first-stage dense --depth 20 --negatives 7 --overwrite --quiet
+TASK_PAIRS := runs/train/pairs.qed.jsonl runs/train/pairs.tatoeba.ug.jsonl \
+	$(foreach l,$(XL_LANGS),runs/train/pairs.lohelp.$(l).jsonl)
+DEV_TOPICS := data/qed/topics.dev.en.tsv data/tatoeba/topics.dev.ug.tsv \
+	$(foreach l,$(XL_LANGS),data/lohelp-xl/topics.dev.$(l).tsv) $(foreach l,ky ug tr en,data/udhr/topics.$(l).tsv)
+train-pairs: $(TASK_PAIRS)
+runs/train/pairs.qed.jsonl: indexes/qed-en/rerank-index.json
+	$(BIN)/rerank train pairs --topics data/qed/topics.train.en.tsv --qrels data/qed/qrels.train.en.txt --lang en \
+		--index indexes/qed-en --answers data/qed/answers.train.en.jsonl --dev-topics data/qed/topics.dev.en.tsv \
+		$(PAIRS_REL) --out $@
+runs/train/pairs.tatoeba.ug.jsonl: indexes/tatoeba-en/rerank-index.json
+	$(BIN)/rerank train pairs --topics data/tatoeba/topics.train.ug.tsv --qrels data/tatoeba/qrels.train.ug.txt \
+		--lang ug --index indexes/tatoeba-en --dev-topics data/tatoeba/topics.dev.ug.tsv $(PAIRS_REL) --out $@
+runs/train/pairs.lohelp.%.jsonl: indexes/lohelp-xl-train-en/rerank-index.json
+	$(BIN)/rerank train pairs --topics data/lohelp-xl/topics.train.$*.tsv --qrels data/lohelp-xl/qrels.train.$*.txt \
+		--lang $* --index indexes/lohelp-xl-train-en --dev-topics data/lohelp-xl/topics.dev.$*.tsv $(PAIRS_REL) --out $@
+# the dev grids: first stages against the shipped reranker on every dev set (modules/README.md has the table)
+DEV_GRIDS := qed tatoeba lohelp
+dev-grid: $(DEV_INDEXES) $(INDEXES)
+	for g in $(DEV_GRIDS); do $(BIN)/rerank eval grid eval/dev-$$g.toml --out reports/dev-$$g || exit 1; done
+	$(BIN)/rerank eval grid eval/grid.toml --out reports/grid
+	$(BIN)/python eval/dev_table.py $(foreach g,$(DEV_GRIDS),reports/dev-$(g)) reports/grid
+
 # Modules: `make modules-train KIND=shira` trains, into $(TRAINED)/, the language modules of the query languages
-# (ky ug tr en) and of the bundled documents' (de ru), then the English ranking task module on top of the frozen
-# English language module; `make modules` writes the shipped kind from there into modules/ at 8 bits (each takes
-# at most 30 minutes on a 2-core machine: modules/README.md has the times). Text: ../shared/data/mono (ky, ug),
-# LibreOffice's help (make train-text); UDHR, the evaluation collection, is never trained on.
+# (ky ug tr en) and of the bundled documents' (de ru) — masked LM, at most 30 minutes each — and the ranking task
+# module on the relevance data above (up to 3 hours on a 2-core machine; an interrupted run resumes from its
+# checkpoints when the same command runs again); `make modules` writes the shipped kind from there into modules/
+# at 8 bits (modules/README.md has the times and the dev figures). Language-module text: ../shared/data/mono (ky,
+# ug), LibreOffice's help without the dev pages (make train-text); UDHR, the bundled test collection, and the dev
+# sets are never trained on.
 KIND       ?= shira
 SHIPPED    := shira
 TRAINED    ?= runs/modules
@@ -101,11 +156,11 @@ TEXT_de    := data/lohelp/docs.de.jsonl
 TEXT_ru    := data/lohelp/docs.ru.jsonl
 MOD_LANGS  := ky ug tr en de ru
 LANG_ARGS  := --max-steps 250 --eval-every 50 --seq-len 128 --batch-size 16 --time-budget 28m
-# listwise-kd: the label's cross-entropy + KL to the bi-encoder's distribution (modules/README.md has the dev
-# figures of both losses)
-TASK_ARGS  := --loss listwise-kd --max-steps 200 --batch-queries 4 --negatives 7 --max-length 192 --eval-every 50 \
-	--time-budget 28m
-PAIRS      := runs/train/pairs.jsonl
+# the residual head (the bi-encoder's score + a correction learned from the cross-encoder's mean-pooled states,
+# starting at zero) over the top layers, listwise softmax over the positive and 7 first-stage negatives;
+# modules/README.md has the dev figures that chose head, layers and steps
+TASK_ARGS  := --head residual --layers 4 --loss listwise --lr 1e-3 --hard-fraction 0.5 --select loss --max-steps 900 \
+	--batch-queries 4 --negatives 7 --max-length 256 --eval-every 150 --patience 0 --time-budget 85m
 SHIP_MODS  := $(foreach l,$(MOD_LANGS),modules/$(l)-lang-$(SHIPPED)) modules/en-task-$(SHIPPED)
 
 # the other kinds (for the comparison in modules/README.md) only for the query languages
@@ -113,21 +168,15 @@ modules-train: $(foreach l,$(if $(filter $(KIND),$(SHIPPED)),$(MOD_LANGS),ky ug 
 	$(TRAINED)/$(l)-lang-$(KIND)/module_config.json) \
 	$(TRAINED)/en-task-$(KIND)/module_config.json
 $(TRAINED)/%-lang-$(KIND)/module_config.json: | $(STAMP) train-text
+	@$(foreach f,$(filter $(MONO)/%,$(TEXT_$*)),$(call NEED,$(f),monolingual $* text);) true
 	mkdir -p $(TRAINED)
 	$(BIN)/rerank train lang --lang $* $(foreach f,$(TEXT_$*),--text $(f)) --kind $(KIND) $(LANG_ARGS) \
 		--out $(@D) --overwrite --quiet 2>&1 | tee $(@D).log
-$(TRAINED)/en-task-$(KIND)/module_config.json: $(TRAINED)/en-lang-$(KIND)/module_config.json $(PAIRS)
+# trained on the bare backbone: its pairs are in several query languages, so no one language module goes below it
+$(TRAINED)/en-task-$(KIND)/module_config.json: $(TASK_PAIRS) | $(DATA)
 	mkdir -p $(TRAINED)
-	$(BIN)/rerank train task --pairs $(PAIRS) --source-lang en --lang-module $(TRAINED)/en-lang-$(KIND) \
-		--kind $(KIND) $(TASK_ARGS) --out $(@D) --overwrite --quiet 2>&1 | tee $(@D).log
-# synthetic English relevance data: 1,000 inverse-cloze and 1,000 title queries, 7 negatives each (4 from BM25,
-# 3 random), each scored by the bi-encoder (the teacher of --loss listwise-kd); 200 steps of 4 queries see 800
-PAIRS_ARGS := --max-queries 1000 --negatives 7 --random-negatives 3 --teacher --overwrite --quiet
-$(PAIRS): | $(STAMP) train-data
-	mkdir -p $(@D)
-	$(BIN)/rerank train pairs --docs $(TEXT_en) --method ict $(PAIRS_ARGS) --out $(@D)/pairs.ict.jsonl
-	$(BIN)/rerank train pairs --docs $(TEXT_en) --method title $(PAIRS_ARGS) --out $(@D)/pairs.title.jsonl
-	cat $(@D)/pairs.ict.jsonl $(@D)/pairs.title.jsonl > $@.tmp && mv $@.tmp $@
+	$(BIN)/rerank train task $(foreach p,$(TASK_PAIRS),--pairs $(p)) --source-lang en --kind $(KIND) $(TASK_ARGS) \
+		$(foreach t,$(DEV_TOPICS),--dev-topics $(t)) --out $(@D) --overwrite --quiet 2>&1 | tee -a $(@D).log
 
 modules: $(foreach m,$(SHIP_MODS),$(m)/module_config.json)
 modules/%/module_config.json: $(TRAINED)/%/module_config.json

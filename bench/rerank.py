@@ -16,13 +16,18 @@ Figures (medians of --repeats alternating runs, min/max beside them):
   dense      documents/s and peak RSS encoding --dense-docs paragraphs: `rerank.Encoder.encode` vs
              `SentenceTransformer.encode` (prompt "passage: ", batch_size 32), each side in its own
              process so that peak RSS is its own.
-  latency    one query, warm, through `Pipeline.search` (k=10): Kyrgyz topics over indexes/udhr-en (auto:
-             dense) and indexes/udhr-ky (auto: hybrid), and hybrid + bi-encoder over the top 100;
+  latency    one query, warm, through `Pipeline.search` (k=10): Kyrgyz topics over indexes/udhr-en and
+             indexes/udhr-ky (auto: dense), hybrid + bi-encoder over the top 100, and the default search with
+             the shipped cross-encoder (the query language's module + the task module) at the default depth;
              p50/p95 over --latency-queries queries. For the dense case, also what a user would
              write by hand (SentenceTransformer.encode + faiss on the same vectors), as a ratio; no
-             library does the hybrid + rerank pipeline as a whole.
+             library does the first stage + modules + rerank pipeline as a whole.
+  depth      the quality–latency curve of the default search with reranking at depth 10/20/50/100 on the
+             first --depth-queries questions of the QED dev set (indexes/qed-en, `make dev-indexes`):
+             nDCG@10 (ir_measures) and p50/p95 per query, beside the dense first stage alone (its latency
+             as the ratio's base).
 
-    .venv/bin/python bench/rerank.py [--repeats 3] [--pairs-queries 10] [--only cross dense latency]
+    .venv/bin/python bench/rerank.py [--repeats 3] [--pairs-queries 10] [--only cross dense latency depth]
 """
 
 from __future__ import annotations
@@ -250,7 +255,8 @@ def bench_latency(n: int) -> dict:
 
     queries = [q.text for q in read_topics(DATA / "topics.ky.tsv", "tsv")][:n]
     out = {}
-    for index, kwargs in (("udhr-en", {}), ("udhr-ky", {}), ("udhr-ky", {"reranker": "bi"})):
+    for index, kwargs in (("udhr-en", {}), ("udhr-ky", {}), ("udhr-ky", {"first_stage": "hybrid", "reranker": "bi"}),
+                          ("udhr-en", {"reranker": "cross"})):
         with Pipeline(ROOT / "indexes" / index, **kwargs) as pipe:
             system = str(pipe.plan("ky")).split(" (")[0]
             system += f"+{pipe.reranker_kind} top {pipe.depth}" if pipe.reranker_kind != "none" else ""
@@ -261,12 +267,49 @@ def bench_latency(n: int) -> dict:
                 t = time.perf_counter()
                 pipe.search(q, lang="ky", k=10)
                 ts.append((time.perf_counter() - t) * 1000)
+        if pipe.modules or pipe.reranker_kind == "cross":
+            system += f" ({' + '.join(Path(m).name for m in pipe.modules_for('ky'))})"
         out[f"ky -> {index}: {system}"] = percentiles(ts)
     out["ky -> udhr-en: dense, sentence-transformers + faiss by hand"] = latency_by_hand(queries)
     ours = out["ky -> udhr-en: dense"]["p50_ms"]
     out["dense p50 ratio ours / by hand"] = round(
         ours / out["ky -> udhr-en: dense, sentence-transformers + faiss by hand"]["p50_ms"], 3
     )
+    return out
+
+
+def bench_depth(n: int, depths=(10, 20, 50, 100)) -> dict:
+    """nDCG@10 and per-query latency of the default search with reranking at several depths, on QED dev questions
+    (the first ``n``), against the dense first stage alone."""
+    import ir_measures
+    from ir_measures import nDCG
+
+    from rerank.collections.topics import read_topics
+    from rerank.collections.trec import read_qrels, strict_order
+    from rerank.pipeline import Pipeline
+
+    index, qed = ROOT / "indexes" / "qed-en", ROOT / "data" / "qed"
+    if not (index / "rerank-index.json").is_file():
+        return {"skipped": f"{index} is missing: make dev-indexes"}
+    queries = read_topics(qed / "topics.dev.en.tsv", "tsv", "en")[:n]
+    qrels = [q for q in read_qrels(qed / "qrels.dev.en.txt") if q.query_id in {x.query_id for x in queries}]
+    out: dict = {"queries": len(queries), "collection": "QED dev questions over 6,854 Wikipedia paragraphs"}
+    rows = [("dense first stage", {"reranker": "none"})]
+    rows += [(f"reranked top {d}", {"reranker": "cross", "depth": d}) for d in depths]
+    for name, kwargs in rows:
+        with Pipeline(index, **kwargs) as pipe:
+            pipe.search(queries[0].text, lang="en", k=10)  # warm: weights loaded, modules composed
+            ts, run = [], []
+            for q in queries:
+                t = time.perf_counter()
+                got = pipe.search(q.text, lang="en", k=10)
+                ts.append((time.perf_counter() - t) * 1000)
+                run += [d._replace(query_id=q.query_id) for d in strict_order(got)]
+        ndcg = ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10]
+        out[name] = {**percentiles(ts), "nDCG@10": round(ndcg, 4)}
+    base = out["dense first stage"]["p50_ms"]
+    for name, _ in rows[1:]:
+        out[name]["p50 ratio to the first stage"] = round(out[name]["p50_ms"] / base, 1)
     return out
 
 
@@ -310,7 +353,8 @@ def latency_by_hand(queries: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", nargs="*", choices=["cross", "dense", "latency"])
+    ap.add_argument("--only", nargs="*", choices=["cross", "dense", "latency", "depth"])
+    ap.add_argument("--depth-queries", type=int, default=100)
     ap.add_argument("--pairs-queries", type=int, default=10)
     ap.add_argument("--dense-docs", type=int, default=2000)
     ap.add_argument("--latency-queries", type=int, default=31)
@@ -319,7 +363,7 @@ def main() -> None:
     if args.dense_child:
         dense_child(args.dense_child, args.dense_docs, args.repeats)
         return
-    parts = args.only or ["cross", "dense", "latency"]
+    parts = args.only or ["cross", "dense", "latency", "depth"]
     result: dict = {"repeats": args.repeats}
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
         work = Path(tmp)
@@ -329,6 +373,8 @@ def main() -> None:
             result["dense"] = bench_dense(args.dense_docs, args.repeats, work)
         if "latency" in parts:
             result["latency"] = bench_latency(args.latency_queries)
+        if "depth" in parts:
+            result["depth"] = bench_depth(args.depth_queries)
     print(json.dumps(result, indent=1))
 
 
