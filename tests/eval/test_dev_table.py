@@ -38,6 +38,10 @@ def test_each_reranker_is_tested_against_the_best_first_stage(tmp_path, table):
     assert row["p"] == pytest.approx(float(stats.ttest_rel(better, dense).pvalue))
     assert row["goal"] == pytest.approx(min(dense.mean() + 0.02, dense.mean() + (1 - dense.mean()) / 2))
     assert table.goal(0.99) == pytest.approx(0.995) and table.goal(0.5) == pytest.approx(0.52)
+    # the ablation's form: one named system against another
+    [vs] = table.rows_of(tmp_path, "nDCG@10", ["bm25"], against="default")
+    assert vs["first_stage"] == "default" and vs["system"] == "bm25"
+    assert vs["p"] == pytest.approx(float(stats.ttest_rel(bm25, better).pvalue))
 
 
 def test_the_shipped_grids_load():
