@@ -82,21 +82,23 @@ def test_the_shipped_modules_their_targets_and_when_search_stacks_them(e5_en_ind
     shipped = {e.path.name: e for e in catalog(home) if e.fingerprint == fp}
     for lang in ("ky", "ug", "tr", "en", "de", "ru"):  # the query languages and the bundled documents'
         assert f"{lang}-lang-shira" in shipped
-    assert shipped["en-task-shira"].role == "task" and shipped["en-task-shira"].trained_on == "shira"
+    # trained on the bare backbone over queries in several languages: no language module goes below it
+    assert shipped["en-task-shira"].role == "task" and shipped["en-task-shira"].trained_on is None
     for name in shipped:
         raw = json.loads((home / name / "module_config.json").read_text(encoding="utf-8"))
         assert raw["bits"] == 8 and module_size(home / name) <= 4_000_000  # the size target
-        assert raw["recipe"]["seconds"] <= 30 * 60  # each trains in at most 30 minutes here
+        # a language module trains in at most 30 minutes here, the task module in at most 3 hours in all
+        assert raw["recipe"]["seconds"] <= (3 * 3600 if raw["role"] == "task" else 30 * 60)
     task = json.loads((home / "en-task-shira" / "module_config.json").read_text(encoding="utf-8"))["recipe"]
     earned = task["dev_mrr_composed"] >= task["dev_mrr_teacher"]
     assert (task_verdict(home / "en-task-shira") is None) == earned
     qrels = read_qrels(udhr_dir / "qrels.en.txt")
     queries = read_topics(udhr_dir / "topics.ky.tsv", "tsv", "ky")
+    assert earned  # the shipped task module beats the bi-encoder on its dev split, so search uses it by default
     with Pipeline(e5_en_index) as pipe:  # the default: stacked only if the task module earned it on dev
         assert (pipe.reranker_kind == "cross") == earned and (pipe.auto_note is None) == earned
-    with Pipeline(e5_en_index, reranker="cross") as pipe:
         mods = pipe.modules_for("ky")
-        assert [p.split("/")[-1] for p in mods] == ["ky-lang-shira", "en-task-shira"]
+        assert [p.split("/")[-1] for p in mods] == ["en-task-shira"]
         assert pipe.fusion_weight(mods) == task["fusion"]["first_stage_weight"]
         final, first = pipe.run(queries, k=100)
     assert any([s.doc_id for s in final[q]] != [s.doc_id for s in first[q]] for q in final)  # it reordered
