@@ -1,7 +1,6 @@
 """eval/dev_table.py: each reranking system against the best first stage of its column, with the paired t-test
 and the goal (best + 0.02, or + half the distance to 1 near the ceiling); the shipped grid files load."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,17 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.eval.test_modules_table import write_cell
+from tests.eval.test_modules_table import load_eval_script, write_cell
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("dev_table", ROOT / "eval" / "dev_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_eval_script("dev_table")
 
 
 def test_each_reranker_is_tested_against_the_best_first_stage(tmp_path, table):

@@ -11,12 +11,17 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def table():
-    spec = importlib.util.spec_from_file_location("modules_table", ROOT / "eval" / "modules_table.py")
+def load_eval_script(name: str):
+    """One of the scripts under eval/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "eval" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_eval_script("modules_table")
 
 
 def write_cell(folder: Path, per_system: dict[str, np.ndarray]) -> None:
