@@ -15,7 +15,6 @@ system against S instead of the best first stage (the language-module ablation: 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ def goal(best: float, gain: float = 0.02) -> float:
 def rows_of(report: Path, measure: str, systems: list[str] | None, against: str | None = None) -> list[dict]:
     import numpy as np
 
+    from rerank.eval.report import read_per_query
     from rerank.eval.significance import paired_t_p
 
     info = json.loads((report / "grid.json").read_text(encoding="utf-8"))
@@ -41,11 +41,7 @@ def rows_of(report: Path, measure: str, systems: list[str] | None, against: str 
     out = []
     for column in info["columns"]:
         query, doc = column.split("→")
-        cell = report / "cells" / f"{query}-{doc}" / "per-query.csv"
-        per: dict[str, dict[str, float]] = {}
-        with open(cell, encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                per.setdefault(r["system"], {})[r["query_id"]] = float(r[measure])
+        per = read_per_query(report / "cells" / f"{query}-{doc}", measure)
         means = {s: float(np.mean(list(per[s].values()))) for s in first if s in per}
         best = max(means, key=lambda s: (means[s], -first.index(s))) if against is None else against
         if best not in per:

@@ -94,17 +94,15 @@ def lang_effect(report: Path, doc: str = "en", measure: str = "nDCG@10") -> list
     import numpy as np
     from statsmodels.stats.multitest import multipletests
 
+    from rerank.eval.report import read_per_query
     from rerank.eval.significance import paired_t_p
 
     rows: list[dict] = []
     for q in LANGS:
-        cell = report / "cells" / f"{q}-{doc}" / "per-query.csv"
-        if not cell.is_file():
+        cell = report / "cells" / f"{q}-{doc}"
+        if not (cell / "per-query.csv").is_file():
             continue
-        per: dict[str, dict[str, float]] = {}
-        with open(cell, encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                per.setdefault(r["system"], {})[r["query_id"]] = float(r[measure])
+        per = read_per_query(cell, measure)
         for system in per:
             kind = system.removeprefix("task:")
             if kind == system or f"task+lang:{kind}" not in per:

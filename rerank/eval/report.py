@@ -200,6 +200,15 @@ def _write_csvs(ev, comparisons: Mapping, folder: Path) -> None:
                 w.writerow([s, q, *(float(ev.values(s, m)[i]) for m in ev.measures)])
 
 
+def read_per_query(folder: str | os.PathLike, measure: str) -> dict[str, dict[str, float]]:
+    """A report's ``per-query.csv`` read back: system → query id → the value of ``measure``."""
+    per: dict[str, dict[str, float]] = {}
+    with open(Path(folder) / "per-query.csv", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            per.setdefault(r["system"], {})[r["query_id"]] = float(r[measure])
+    return per
+
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
