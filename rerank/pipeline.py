@@ -109,7 +109,7 @@ class Pipeline:
                     hint="e.g. --first-stage-weight 0.5 (0: the cross-encoder's order alone)",
                 )
         self.first_stage_weight = first_stage_weight
-        self.depth, self.fusion_k = depth or DEFAULT_DEPTH, fusion_k
+        self.fusion_k = fusion_k
         self.fusion_weights = tuple(float(w) for w in fusion_weights) if fusion_weights is not None else None
         self.device, self.max_length = device, max_length
         self._model, self._dense_model = model, dense_model
@@ -141,8 +141,7 @@ class Pipeline:
             self._settle_auto_reranker()
         for path in dict.fromkeys(p for mods in self.modules.values() for p in mods):
             self.composer.load(path)  # a bad module is reported now, before any searching
-        if depth is None and self.reranker_kind == "cross":
-            self.depth = CROSS_DEPTH
+        self.depth = depth or (CROSS_DEPTH if self.reranker_kind == "cross" else DEFAULT_DEPTH)
 
     @classmethod
     def from_index(cls, index: str | os.PathLike, **kwargs) -> Pipeline:
