@@ -146,6 +146,7 @@ def random_module(shapes: dict, rank: int, seed: int, fp: str, name: str, lang: 
     import torch
 
     from rerank.modules.format import Module, ModuleConfig
+    from rerank.modules.kinds.sparse import SparseEntries
 
     g = torch.Generator().manual_seed(seed)
     entries, touched = {}, 0
@@ -161,14 +162,14 @@ def random_module(shapes: dict, rank: int, seed: int, fp: str, name: str, lang: 
         kind="shira", role="language", language=lang, base_model=name, base_fingerprint=fp, density=n / touched,
         shapes={w: list(shapes[w]) for w in entries},
     )  # fmt: skip
-    return Module(cfg, entries)
+    return Module(cfg, SparseEntries(entries))
 
 
 # -- switch -----------------------------------------------------------------------------------------
 def union_of(cm, modules):
     import torch
 
-    parts = [idx.to(torch.int64) + cm.offsets[n] for m in modules for n, (idx, _) in m.entries.items()]
+    parts = [idx.to(torch.int64) + cm.offsets[n] for m in modules for n, (idx, _) in m.payload.entries.items()]
     return torch.unique(torch.cat(parts))
 
 
@@ -433,9 +434,9 @@ def memory_child(which: str, work: Path) -> None:
         cm.apply([dirs[0]])
         models = [cm.model]
         out["module_bytes"] = sum(
-            int(i.nbytes + v.nbytes) + sum(int(t.nbytes) for p in m.packed.values() for t in p.values())
+            int(i.nbytes + v.nbytes) + sum(int(t.nbytes) for p in m.payload.packed.values() for t in p.values())
             for m in loaded
-            for i, v in m.entries.values()
+            for i, v in m.payload.entries.values()
         )
     else:
         models = []
@@ -444,7 +445,7 @@ def memory_child(which: str, work: Path) -> None:
             params = dict(model.named_parameters())
             m = load_module(d)
             with torch.no_grad():
-                for name, (idx, val) in m.entries.items():
+                for name, (idx, val) in m.payload.entries.items():
                     params[name].view(-1).index_add_(0, idx.to(torch.int64), val)
             del m
             models.append(model)

@@ -5,7 +5,7 @@ the masked-LM objective of `rerank train lang` (restricted-vocabulary head, whol
 Kyrgyz text of ../shared/data/mono, batch --batch × --seq-len tokens:
 
   lora        peft LoRA, rank --rank, on the 72 encoder linear weights: r·(in+out) parameters each
-  shira       SHiRA: r·(in+out) random entries of each of those weights (rerank.training.sparse)
+  shira       SHiRA: r·(in+out) random entries of each of those weights (rerank.modules.deltas)
   shira+emb   the same plus 2% of the language's embedding rows (what `rerank train lang` does by default)
   sft-phase1  LT-SFT phase 1: the 72 linear weights fully trainable (21.2M parameters)
   full        full fine-tuning of every parameter
@@ -37,8 +37,8 @@ def child(kind: str, steps: int, batch: int, seq_len: int, rank: int) -> dict:
     import torch
 
     from rerank.backbone import default_backbone
+    from rerank.modules import deltas as sparse
     from rerank.scoring.runtime import load_tokenizer, load_weights
-    from rerank.training import sparse
     from rerank.training.mlm import MaskedBatches, MLMHead, mlm_loss, restricted_vocab
     from rerank.training.text import read_texts
 

@@ -10,7 +10,6 @@ import typer
 from rerank.cli._common import out, user_errors
 
 app = typer.Typer(help="Inspect and convert composable modules.", no_args_is_help=True)
-_ADAPTER_KEYS = ("reduction_factor", "inv_adapter", "mh_adapter", "output_adapter", "non_linearity")
 
 
 @app.command("info")
@@ -21,14 +20,7 @@ def info(path: Annotated[Path, typer.Argument(help="A module folder.")]) -> None
 
     m = load_module(path)
     c = m.config
-    if m.entries:
-        what = f"{len(m):,} sparse entries in {len(m.entries)} parameters"
-        what += f", density {c.density:.4%}" if c.density else ""
-    elif m.lora:
-        what = f"{len(m):,} LoRA numbers in {len(m.lora)} targets, scaling {c.scaling:g}"
-    else:
-        kinds = ", ".join(f"{k}={v}" for k, v in (c.adapter_config or {}).items() if k in _ADAPTER_KEYS)
-        what = f"{len(m):,} adapter numbers ({kinds})"
+    what = m.kind.describe(m.payload, c)
     if m.extras:
         what += f"; extras: {', '.join(sorted(m.extras))}"
     rows = [
@@ -102,8 +94,8 @@ def export(
     m = load_module(path)
     head = None if for_model == "auto" else for_model == "cross-encoder"
     export_peft(m, out_dir, head=head, overwrite=overwrite)
-    kind = "LORA" if m.config.kind == "lora" else "SHIRA"
-    out.print(f"wrote {out_dir}: a peft {kind} adapter (PeftModel.from_pretrained(base, {str(out_dir)!r}) loads it)")
+    loads = f"PeftModel.from_pretrained(base, {str(out_dir)!r}) loads it"
+    out.print(f"wrote {out_dir}: a peft {m.kind.peft_type} adapter ({loads})")
 
 
 @app.command("import")

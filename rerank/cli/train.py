@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from rerank.cli._common import out, user_errors
+from rerank.modules.kinds import names as kind_names
 
 app = typer.Typer(help="Train composable modules.", no_args_is_help=True)
+KIND_CHOICES = " | ".join(kind_names())  # the registered module kinds
 
 
 @app.command("lang")
@@ -23,7 +25,7 @@ def lang(
         ),
     ],  # fmt: skip
     out_dir: Annotated[Path, typer.Option("--out", help="The module folder to write.")],
-    kind: Annotated[str, typer.Option("--kind", help="sft (LT-SFT) | shira | lora | adapter.")] = "shira",
+    kind: Annotated[str, typer.Option("--kind", help=f"{KIND_CHOICES} (sft: LT-SFT).")] = "shira",
     density: Annotated[str, typer.Option("--density", help="sft/shira: share of entries trained, e.g. 2%.")] = "2%",
     rank: Annotated[int, typer.Option("--rank", min=1, help="lora: rank.")] = 8,
     reduction: Annotated[int, typer.Option("--reduction", min=1, help="adapter: bottleneck reduction.")] = 16,
@@ -187,7 +189,7 @@ def task(
     lang_module: Annotated[
         Path | None, typer.Option("--lang-module", help="The source language's module, applied and frozen.")
     ] = None,
-    kind: Annotated[str, typer.Option("--kind", help="sft | shira | lora | adapter.")] = "shira",
+    kind: Annotated[str, typer.Option("--kind", help=f"{KIND_CHOICES}.")] = "shira",
     loss: Annotated[
         str, typer.Option("--loss", help="pointwise | pairwise | listwise | margin-mse | listwise-kd (teacher).")
     ] = "listwise",

@@ -6,11 +6,11 @@ into the base weights by scatter (:mod:`rerank.modules.compose`) and restored ex
 
 from __future__ import annotations
 
-__all__ = ["ComposedModel", "ModuleConfig", "SparseModule", "load_module", "save_module"]
+__all__ = ["ComposedModel", "Module", "ModuleConfig", "load_module", "save_module"]
 
 
 def __getattr__(name: str):
-    if name in ("ModuleConfig", "SparseModule", "load_module", "save_module"):
+    if name in ("Module", "ModuleConfig", "load_module", "save_module"):
         from rerank.modules import format as fmt
 
         return getattr(fmt, name)

@@ -2,7 +2,7 @@
 
 ``ComposedModel`` re-lays the backbone's floating-point parameters out as views into ONE flat buffer,
 so every entry of every sparse module has a single global index (parameter offset + flat index).
-Applying a set of modules writes all of them at once:
+Applying a set of modules writes all of them at once; each kind (:mod:`rerank.modules.kinds`) says how:
 
 * sparse modules (sft, shira): one gather (save the originals at the union of touched indices) and one
   scatter of all deltas of all modules (``index_put_``, or one Triton launch on a GPU);
@@ -16,7 +16,7 @@ Reverting copies the saved originals back — nothing is ever subtracted — so 
 to the loaded base after any number of switches. Modules are written in a canonical order (by kind,
 then by content), so the result does not depend on the order they were given in. After applying
 sparse and LoRA modules the model is an ordinary model ("fused mode"): inference runs at the bare
-model's speed.
+model's speed. This file never tests a kind's name: it plans, writes and restores kind by kind.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from rerank.backbone.fingerprints import strip_base_prefix as _strip  # one rule for parameter names
+from rerank.backbone.fingerprints import strip_base_prefix
 from rerank.errors import RerankError
+from rerank.modules import kinds
 
 
 def _release_freed_memory() -> None:
@@ -75,7 +76,7 @@ class ComposedModel:
             if name is not None and p.dtype.is_floating_point:
                 self.names[name] = p
             elif name is None:
-                self.heads[_strip(full)] = p
+                self.heads[strip_base_prefix(full)] = p
         if fingerprint is None:
             from rerank.backbone import fingerprint as fp
 
@@ -101,11 +102,8 @@ class ComposedModel:
                 self.offsets[name] = off
                 off += n
         self.shapes = {n: tuple(p.shape) for n, p in self.names.items()}
-        self._saved_idx = None  # global indices whose originals are saved (sorted, unique)
-        self._saved_val = None
-        self._lora_base: dict[str, torch.Tensor] = {}  # LoRA target -> its original weight (kept across switches)
+        self._state: dict[str, dict] = {}  # kind group -> what that kind keeps to restore (its own keys)
         self._extra_saved: dict[str, torch.Tensor] = {}  # head parameter -> its original
-        self._slots: dict[str, str] = {}  # adapter module content key -> adapter name inside the model
         self.active: list = []
         self._loaded: dict[tuple, object] = {}  # (path, mtime) -> validated module: a switch reads no file
         self._checked: dict[int, object] = {}  # id -> in-memory module already checked
@@ -145,25 +143,7 @@ class ComposedModel:
 
     def _check(self, module) -> None:
         """Names, index ranges and shapes of an in-memory module against this backbone."""
-        for name, (idx, _) in module.entries.items():
-            if name not in self.shapes:
-                raise RerankError(
-                    f"module {module.name}: the backbone has no parameter {name}", hint="a module for another model?"
-                )
-            numel = self.names[name].numel()
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel):
-                raise RerankError(
-                    f"module {module.name}, parameter {name}: indices out of range (0..{numel - 1})",
-                    hint="the module is damaged or made for another model",
-                )
-        for name, (a, b) in module.lora.items():
-            shape = self.shapes.get(name)
-            if shape is None or len(shape) != 2 or (b.shape[0], a.shape[1]) != shape or a.shape[0] != b.shape[1]:
-                raise RerankError(
-                    f"module {module.name}: LoRA target {name} does not fit this backbone "
-                    f"(B @ A is {[b.shape[0], a.shape[1]]}, the weight {list(shape) if shape else 'absent'})",
-                    hint="a module for another model?",
-                )
+        module.kind.check(module.payload, self, module.name)
         for name, t in module.extras.items():
             if name in self.heads and tuple(self.heads[name].shape) != tuple(t.shape):
                 raise RerankError(
@@ -184,8 +164,6 @@ class ComposedModel:
         ``rank`` ranks of each LoRA module."""
         import torch
 
-        from rerank.modules.kernels import scatter_apply
-
         loaded = [self.load(m) for m in modules]
         key = (tuple(sorted(m.content_key for m in loaded)), density, rank)
         plan = self._plans.pop(key, None)
@@ -194,49 +172,36 @@ class ComposedModel:
         self._plans[key] = plan  # most recently used last
         while len(self._plans) > max(self.max_plans, 1):
             self._plans.pop(next(iter(self._plans)))
-        union, delta, targets, extras = plan["union"].long(), plan["delta"], plan["targets"], plan["extras"]
-        slots = self._prepare_adapters(plan["adapters"])
+        groups = self._groups()
+        for kind in groups:
+            kind.prepare(plan["kinds"][kind.group], self, self._state.setdefault(kind.group, {}))
         # -- from here on nothing can fail on a module: restore, then write
         fresh = False
         with torch.no_grad():
-            self._restore(keep_lora=set(targets))
-            for name, pairs in targets.items():
-                w = self.names[name].data
-                base = self._lora_base.get(name)
-                if base is None:
-                    base = self._lora_base[name] = w.clone()
-                for i, (a, b, scaling) in enumerate(pairs):
-                    if i == 0:
-                        torch.addmm(base, b, a, alpha=scaling, out=w)  # one pass: W = base + s·B@A
-                    else:
-                        w.addmm_(b, a, alpha=scaling)
-            if plan["written"] is None:  # first time: gather the originals, write base + delta
-                saved = scatter_apply(self.flat, union, delta)  # one launch on a GPU
-                plan["saved"], plan["written"] = saved, saved + delta
-                plan["union"], plan["delta"] = union.to(torch.int32), None  # int32: global indices < 2**31
-                fresh = True
-            else:  # the values under these indices are the same every time: one write, no gather
-                self.flat.index_copy_(0, union, plan["written"])
-            self._saved_idx, self._saved_val = union, plan["saved"]
-            for name, t in extras.items():
+            self._restore(plan)
+            for kind in groups:
+                fresh |= kind.apply(plan["kinds"][kind.group], self, self._state[kind.group])
+            for name, t in plan["extras"].items():
                 p = self.heads[name]
                 self._extra_saved[name] = p.detach().clone()
                 p.data.copy_(t.to(p.device, p.dtype))
-        if slots:
-            from adapters.composition import Stack
-
-            self.model.set_active_adapters(Stack(*slots) if len(slots) > 1 else slots[0])
         self.active = plan["modules"]
         if fresh:
             _release_freed_memory()  # planning a set frees tens of MB of temporaries the allocator would keep
         return self
 
+    @staticmethod
+    def _groups() -> list:
+        """One kind per composition group, in writing order."""
+        seen: dict[str, object] = {}
+        for kind in sorted(kinds.KINDS.values(), key=lambda k: k.order):
+            seen.setdefault(kind.group, kind)
+        return list(seen.values())
+
     def _plan(self, loaded: Sequence, density: float | None, rank: int | None) -> dict:
         """Everything a set of modules writes, prepared (and checked) once: budgets applied, canonical
-        order, overlapping sparse entries pre-summed, LoRA pairs per target, heads, adapters."""
-        import torch
-
-        from rerank.modules.format import SPARSE_KINDS, truncate_module, truncate_rank
+        order, then each kind's own plan (for every group, also the empty ones), and the heads."""
+        from rerank.modules.format import truncate_module, truncate_rank
 
         ordered = sorted(loaded, key=lambda m: m.content_key)
         if density is not None:
@@ -244,26 +209,10 @@ class ComposedModel:
         if rank is not None:
             ordered = [truncate_rank(m, rank) for m in ordered]
         self._warn_same_role(ordered)
-        idx, val = self._global([m for m in ordered if m.config.kind in SPARSE_KINDS])
-        # overlapping entries summed on the CPU, sequentially in canonical module order: deterministic
-        union, inverse = torch.unique(idx, return_inverse=True)  # sorted
-        delta = torch.zeros(union.numel(), dtype=val.dtype).index_add_(0, inverse, val)
-        targets: dict[str, list] = {}
-        for m in ordered:
-            for name, (a, b) in m.lora.items():
-                w = self.names[name]
-                targets.setdefault(name, []).append(
-                    (a.to(w.device, w.dtype), b.to(w.device, w.dtype), m.config.scaling)
-                )
         return {
             "modules": ordered,
-            "union": union.to(self.flat.device),
-            "delta": delta.to(self.flat.device),
-            "saved": None,  # the values under `union` before the first write (the same every time: restore is exact)
-            "written": None,  # saved + delta: what a later application of this set writes in one pass
-            "targets": targets,
+            "kinds": {k.group: k.plan([m for m in ordered if m.kind.group == k.group], self) for k in self._groups()},
             "extras": self._merged_extras(ordered),
-            "adapters": [m for m in ordered if m.config.kind == "adapter"],
         }
 
     def switch(self, modules: Sequence, density: float | None = None, rank: int | None = None) -> ComposedModel:
@@ -275,35 +224,25 @@ class ComposedModel:
         import torch
 
         with torch.no_grad():
-            self._restore(keep_lora=set())
+            self._restore(None)
         self.active = []
         return self
 
-    def _restore(self, keep_lora: set) -> None:
-        # sparse first: its saved values were read after the LoRA merges, the LoRA originals before them
-        if self._saved_idx is not None:
-            self.flat.index_copy_(0, self._saved_idx, self._saved_val)
-            self._saved_idx = self._saved_val = None
-        for name in [n for n in self._lora_base if n not in keep_lora]:
-            self.names[name].data.copy_(self._lora_base.pop(name))
+    def active_stack(self) -> tuple[str, ...]:
+        """The names inside the model of the active modules that run as stacked layers (bottleneck adapters),
+        in stacking order: what a module trained on top of them stacks below itself."""
+        return tuple(n for k in self._groups() for n in k.stacked(self._state.get(k.group, {})))
+
+    def _restore(self, next_plan: dict | None) -> None:
+        """Each kind undoes its writes, in the reverse of writing order (the sparse kinds' saved values were
+        read after the LoRA merges, the LoRA originals before them); ``next_plan``: the set written next."""
+        for kind in reversed(self._groups()):
+            state = self._state.get(kind.group)
+            if state is not None:
+                kind.restore(self, state, None if next_plan is None else next_plan["kinds"][kind.group])
         for name, t in self._extra_saved.items():
             self.heads[name].data.copy_(t)
         self._extra_saved = {}
-        if self._slots and getattr(self.model, "active_adapters", None) is not None:
-            self.model.set_active_adapters(None)
-
-    def _global(self, modules: Sequence) -> tuple:
-        """All entries of all sparse modules as (global indices int64, values), in the given order."""
-        import torch
-
-        idx_parts, val_parts = [], []
-        for m in modules:
-            for name, (idx, val) in m.entries.items():
-                idx_parts.append(idx.to(dtype=torch.int64) + self.offsets[name])
-                val_parts.append(val.to(dtype=self.flat.dtype))
-        if not idx_parts:
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=self.flat.dtype)
-        return torch.cat(idx_parts), torch.cat(val_parts)
 
     def _merged_extras(self, modules: Sequence) -> dict:
         """Head tensors the modules carry; two modules carrying different values for one head conflict."""
@@ -321,53 +260,6 @@ class ComposedModel:
                     )
                 out[name], owner[name] = t, m.name
         return out
-
-    def _prepare_adapters(self, modules: Sequence) -> list[str]:
-        """Add each bottleneck-adapter module to the model once (base weights untouched) and return their
-        names in stacking order: language adapters before task adapters (MAD-X)."""
-        if not modules:
-            return []
-        import torch
-
-        try:
-            from adapters import AdapterConfig
-        except ImportError as e:  # pragma: no cover - a dependency
-            raise RerankError("adapter modules need the `adapters` package", hint="pip install adapters") from e
-        from rerank.modules.interop import init_adapters
-
-        init_adapters(self.model)
-        names = []
-        for m in sorted(modules, key=lambda m: (m.config.role != "language", m.content_key)):
-            slot = self._slots.get(m.content_key)
-            if slot is None:
-                slot = f"m{m.content_key[:16]}"
-                try:
-                    self.model.add_adapter(slot, config=AdapterConfig.load(dict(m.config.adapter_config)))
-                except (ValueError, TypeError, KeyError) as e:
-                    raise RerankError(
-                        f"module {m.name}: adapter_config is not one the adapters library takes ({e})",
-                        hint="the module is damaged",
-                    ) from e
-                params = {
-                    _strip(n).replace(f".{slot}.", ".{}."): p
-                    for n, p in self.model.named_parameters()
-                    if f".{slot}." in n
-                }
-                bad = set(params) ^ set(m.weights)
-                bad |= {n for n in params.keys() & m.weights.keys() if params[n].shape != m.weights[n].shape}
-                if bad:
-                    self.model.delete_adapter(slot)
-                    raise RerankError(
-                        f"module {m.name}: adapter weights do not match its config ({sorted(bad)[0]})",
-                        hint="the module is damaged or made for another model",
-                    )
-                with torch.no_grad():
-                    for n, p in params.items():
-                        p.copy_(m.weights[n].to(p.device, p.dtype))
-                self.model.eval()
-                self._slots[m.content_key] = slot
-            names.append(slot)
-        return names
 
     @staticmethod
     def _warn_same_role(modules) -> None:

@@ -304,10 +304,10 @@ def pairs_from_qrels(
 
 
 def _file_fact(path) -> dict:
-    from rerank.training.lang import _sha
+    from rerank.training.fit import sha256_file
 
     p = Path(path)
-    return {"path": str(p.resolve()), "sha256": _sha(p)}
+    return {"path": str(p.resolve()), "sha256": sha256_file(p)}
 
 
 def _teacher_scores(rows: list[dict], progress: bool) -> None:

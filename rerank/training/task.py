@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from rerank.errors import RerankError
-from rerank.training.lang import DEFAULT_LR, KINDS, _sha, _train_adapter, _train_lora, _train_sparse
+from rerank.modules import kinds
+from rerank.training.fit import fit_module, sha256_file
 from rerank.training.loop import LoopConfig
 
 LOSSES = ("pointwise", "pairwise", "listwise", "margin-mse", "listwise-kd")
@@ -34,7 +35,7 @@ TEACHER_LOSSES = ("margin-mse", "listwise-kd")
 TEACHER_TEMPERATURE = 0.01  # multilingual-e5's contrastive temperature: cosine / 0.01 are its logits
 # fine-tuning rates of the module after the head is probed: a fifth of the language modules' (which adapt to
 # a new language from plenty of text); the head keeps its own (TaskConfig.head_lr)
-TASK_LR = {kind: lr / 5 for kind, lr in DEFAULT_LR.items()}
+TASK_LR = {name: kind.default_lr / 5 for name, kind in kinds.KINDS.items()}
 
 
 @dataclass
@@ -269,16 +270,16 @@ def train_task_module(
 
     from rerank import languages
     from rerank.backbone import resolve_model
+    from rerank.backbone.fingerprints import strip_base_prefix
     from rerank.collections._io import refuse_existing
     from rerank.errors import warn
-    from rerank.modules.compose import ComposedModel, _strip
-    from rerank.modules.format import ModuleConfig, load_module, save_module
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import Module, ModuleConfig, load_module, save_module
     from rerank.scoring.cross import init_cross_encoder
     from rerank.scoring.runtime import load_tokenizer, load_weights
     from rerank.training.pairs import read_pairs
 
-    if cfg.kind not in KINDS:
-        raise RerankError(f"unknown --kind {cfg.kind!r}", hint=f"one of: {', '.join(KINDS)}")
+    kinds.get(cfg.kind)
     if cfg.loss not in LOSSES:
         raise RerankError(f"unknown --loss {cfg.loss!r}", hint=f"one of: {', '.join(LOSSES)}")
     if cfg.select not in ("mrr", "loss"):
@@ -328,7 +329,7 @@ def train_task_module(
         if lm.config.language and lm.config.language != code:
             warn(f"the language module is for {lm.config.language}, the training data for {code}")
         composer.apply([lang_module])
-        below = tuple(composer._slots.values())
+        below = composer.active_stack()
         lang_record = {"path": str(Path(lang_module).resolve()), "kind": lm.config.kind, "key": lm.content_key[:16]}
     if cfg.list_head:
         from rerank.scoring.listhead import attach
@@ -348,7 +349,7 @@ def train_task_module(
             parts = (f"{res.PREFIX}proj.",)
     else:
         parts = ("pooler.", "classifier.", "list_head.") if cfg.list_head else ("pooler.", "classifier.")
-    head = {n: p for n, p in net.named_parameters() if _strip(n).startswith(parts)}
+    head = {n: p for n, p in net.named_parameters() if strip_base_prefix(n).startswith(parts)}
     orders: dict[int, list[int]] = {}
 
     hard = int(round(cfg.hard_fraction * cfg.batch_queries))
@@ -429,24 +430,15 @@ def train_task_module(
         mrr, loss = dev_figures()
         return (loss if cfg.select == "loss" else 1.0 - mrr), {"mrr": round(mrr, 4), "loss": round(loss, 4)}
 
-    lang_cfg = _as_lang_cfg(cfg)
-    if cfg.kind in ("shira", "sft"):
-        module, log = _train_sparse(lang_cfg, net, None, None, loop, step_loss, dev, work, progress, code, recipe,
-                                    extra_params=head)  # fmt: skip
-    elif cfg.kind == "lora":
-        module, log = _train_lora(lang_cfg, net, loop, step_loss, dev, work, progress, code, extra_params=head)
-        net = getattr(net, "base_model", net)
-    else:
-        module, log = _train_adapter(lang_cfg, net, loop, step_loss, dev, work, progress, code, info.fingerprint,
-                                     info.name, extra_params=head, role="task", below=below)  # fmt: skip
-    carried = head if not residual else {n: p for n, p in net.named_parameters() if _strip(n).startswith(res.PREFIX)}
-    extras = {_strip(n): p.detach().float().clone() for n, p in carried.items()}
+    trained = fit_module(cfg.kind, net, kinds.KindSpec.of(cfg), loop, step_loss, dev, work, role="task",
+                         language=code, recipe=recipe, extra_params=head, below=below, fingerprint=info.fingerprint,
+                         base_model=info.name, progress=progress)  # fmt: skip
+    log, net = trained.log, trained.model
+    if residual:
+        head = {n: p for n, p in net.named_parameters() if strip_base_prefix(n).startswith(res.PREFIX)}
+    extras = {strip_base_prefix(n): p.detach().float().clone() for n, p in head.items()}
     common = dict(role="task", language=code, base_model=info.name, base_fingerprint=info.fingerprint)
-    c = module.config
-    module.config = ModuleConfig(kind=cfg.kind, density=cfg.density if cfg.kind in ("shira", "sft") else None,
-                                 rank=c.rank, scaling=c.scaling, adapter_config=c.adapter_config, shapes=c.shapes,
-                                 **common)  # fmt: skip
-    module.extras = extras
+    module = Module(ModuleConfig(kind=cfg.kind, **common, **trained.fields), trained.payload, extras)
     recipe.update(
         steps=log.steps, stopped=log.stopped, dev_mrr=[(s, info["mrr"]) for s, info in log.dev_info],
         dev_loss=[(s, info["loss"]) for s, info in log.dev_info], selected_by=f"dev {cfg.select}",
@@ -463,7 +455,7 @@ def train_task_module(
                   loop_seconds=round(log.seconds, 1), sessions=int((resumed or {}).get("sessions", 1)))
     module.config.recipe = recipe
     if from_file:
-        files = [{"pairs": str(Path(p).resolve()), "sha256": _sha(Path(p)), **_pairs_facts(Path(p))} for p in sources]
+        files = [{"pairs": str(Path(p).resolve()), "sha256": sha256_file(p), **_pairs_facts(Path(p))} for p in sources]
         source = files[0] if len(files) == 1 else {"pairs": files}
     else:
         source = {"ir_datasets": ", ".join(str(p) for p in sources)}
@@ -636,7 +628,7 @@ def recheck_task_module(path, pairs_path, model=None, progress: bool = True) -> 
     recipe, data = raw.get("recipe") or {}, raw.get("data") or {}
     if raw.get("role") != "task" or "negatives" not in recipe:
         raise RerankError(f"{path} is not a trained task module", hint="give a folder written by rerank train task")
-    if data.get("sha256") and data["sha256"] != _sha(p):
+    if data.get("sha256") and data["sha256"] != sha256_file(p):
         raise RerankError(f"{p} is not the pairs file {path} was trained on (its sha256 differs)",
                           hint=f"give {data.get('pairs')}")  # fmt: skip
     rows = read_pairs(p, max_queries=data.get("queries"))
@@ -648,11 +640,3 @@ def recheck_task_module(path, pairs_path, model=None, progress: bool = True) -> 
     tmp.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, cfg_file)
     return recipe
-
-
-def _as_lang_cfg(cfg: TaskConfig):
-    from rerank.training.lang import LangConfig
-
-    return LangConfig(kind=cfg.kind, density=cfg.density, rank=cfg.rank, reduction=cfg.reduction, mask=cfg.mask,
-                      embeddings=cfg.embeddings, max_steps=cfg.max_steps, l1=cfg.l1, seed=cfg.seed,
-                      head_lr=cfg.head_lr, layers=cfg.layers)  # fmt: skip

@@ -19,7 +19,8 @@ def model(tiny_bert):
 
 def random_module(composed, seed, role="language", lang="ky", density=0.05, targets=None):
     """A sparse module touching `density` of every encoder linear weight (random values: for tests)."""
-    from rerank.modules.format import ModuleConfig, SparseModule
+    from rerank.modules.format import Module, ModuleConfig
+    from rerank.modules.kinds.sparse import SparseEntries
 
     g = torch.Generator().manual_seed(seed)
     entries, shapes = {}, {}
@@ -42,7 +43,7 @@ def random_module(composed, seed, role="language", lang="ky", density=0.05, targ
         shapes=shapes,
         density=density,
     )
-    return SparseModule(cfg, entries)
+    return Module(cfg, SparseEntries(entries))
 
 
 def snapshot(model):
@@ -70,7 +71,7 @@ def test_apply_writes_base_plus_delta_and_revert_restores_bitwise(model):
     cm = ComposedModel(model)
     m = random_module(cm, seed=1)
     cm.apply([m])
-    name, (idx, val) = next(iter(m.entries.items()))
+    name, (idx, val) = next(iter(m.payload.entries.items()))
     flat_now = dict(model.named_parameters())[name].detach().reshape(-1)
     want = base[name].reshape(-1).clone()
     want[idx.long()] += val
@@ -94,7 +95,7 @@ def test_fused_forward_equals_a_model_with_the_deltas_added(model, tiny_bert):
     params = dict(ref.named_parameters())
     with torch.no_grad():
         for m in (lang, task):
-            for name, (idx, val) in m.entries.items():
+            for name, (idx, val) in m.payload.entries.items():
                 params[name].view(-1).index_add_(0, idx.long(), val)
     x = torch.randint(5, 1000, (3, 17))
     with torch.inference_mode():
@@ -146,10 +147,10 @@ def test_save_load_roundtrip_and_bad_modules(model, tmp_path):
     m = random_module(cm, 5)
     path = save_module(m, tmp_path / "ky-lang")
     back = load_module(path, fingerprint=cm.fingerprint, shapes=cm.shapes)
-    assert back.config == m.config and set(back.entries) == set(m.entries)
-    for name in m.entries:
-        assert torch.equal(back.entries[name][0], m.entries[name][0])
-        assert torch.equal(back.entries[name][1], m.entries[name][1])
+    assert back.config == m.config and set(back.payload.entries) == set(m.payload.entries)
+    for name in m.payload.entries:
+        assert torch.equal(back.payload.entries[name][0], m.payload.entries[name][0])
+        assert torch.equal(back.payload.entries[name][1], m.payload.entries[name][1])
     with pytest.raises(RerankError, match="exists"):
         save_module(m, path)
     with pytest.raises(RerankError, match="was trained on backbone tiny .* not on the loaded one"):
@@ -172,18 +173,19 @@ def test_save_load_roundtrip_and_bad_modules(model, tmp_path):
 
 def test_out_of_range_and_duplicate_indices_change_nothing(model):
     from rerank.modules.compose import ComposedModel
-    from rerank.modules.format import SparseModule
+    from rerank.modules.format import Module
+    from rerank.modules.kinds.sparse import SparseEntries
 
     base = snapshot(model)
     cm = ComposedModel(model)
     good = random_module(cm, 1)
-    name, (idx, val) = next(iter(good.entries.items()))
+    name, (idx, val) = next(iter(good.payload.entries.items()))
     numel = cm.names[name].numel()
-    far = SparseModule(good.config, {name: (torch.tensor([0, numel], dtype=torch.int32), torch.ones(2))})
+    far = Module(good.config, SparseEntries({name: (torch.tensor([0, numel], dtype=torch.int32), torch.ones(2))}))
     with pytest.raises(RerankError, match="out of range"):
         cm.apply([good, far])  # the good one is not applied either: all or nothing
     assert_bitwise(model, base)
-    other = SparseModule(type(good.config)(**{**good.config.__dict__, "base_fingerprint": "sha256:x"}), good.entries)
+    other = Module(type(good.config)(**{**good.config.__dict__, "base_fingerprint": "sha256:x"}), good.payload)
     with pytest.raises(RerankError, match="made for backbone"):
         cm.apply([other])
     assert_bitwise(model, base)
@@ -191,12 +193,13 @@ def test_out_of_range_and_duplicate_indices_change_nothing(model):
 
 def test_duplicate_indices_in_a_file_are_refused(model, tmp_path):
     from rerank.modules.compose import ComposedModel
-    from rerank.modules.format import SparseModule, load_module, save_module
+    from rerank.modules.format import Module, load_module, save_module
+    from rerank.modules.kinds.sparse import SparseEntries
 
     cm = ComposedModel(model)
     good = random_module(cm, 1)
-    name = next(iter(good.entries))
-    dup = SparseModule(good.config, {name: (torch.tensor([3, 3], dtype=torch.int32), torch.ones(2))})
+    name = next(iter(good.payload.entries))
+    dup = Module(good.config, SparseEntries({name: (torch.tensor([3, 3], dtype=torch.int32), torch.ones(2))}))
     save_module(dup, tmp_path / "dup")
     with pytest.raises(RerankError, match="duplicate indices"):
         load_module(tmp_path / "dup", shapes=cm.shapes)
@@ -218,7 +221,7 @@ def test_a_smaller_budget_at_load_keeps_the_most_important_entries(model):
     cm = ComposedModel(model)
     m = random_module(cm, 1, density=0.05)
     cm.apply([m], density=parse_density("1%"))
-    for name, (idx, val) in m.entries.items():
+    for name, (idx, val) in m.payload.entries.items():
         keep = -(-cm.names[name].numel() // 100)  # ceil(1%)
         want = base[name].reshape(-1).clone()
         want[idx[:keep].long()] += val[:keep]

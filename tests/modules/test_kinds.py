@@ -36,7 +36,7 @@ def random_lora(composed, seed, role="task", lang="", rank=4, scaling=2.0, head=
         kind="lora", role=role, language=lang, base_model="tiny", base_fingerprint=composed.fingerprint,
         shapes={n: list(composed.shapes[n]) for n in pairs}, rank=rank, scaling=scaling,
     )  # fmt: skip
-    return Module(cfg, {}, extras, None, {}, pairs, {})
+    return Module(cfg, pairs, extras)
 
 
 def random_adapters(model, composed_fp, seed):
@@ -75,7 +75,7 @@ def test_lora_is_merged_and_restored_bitwise(cross):
     lora = random_lora(cm, 1)
     cm.apply([lora])
     name = "encoder.layer.1.output.dense.weight"
-    a, b = lora.lora[name]
+    a, b = lora.payload[name]
     torch.testing.assert_close(cm.names[name].detach(), base[f"bert.{name}"] + 2.0 * b @ a, rtol=0, atol=1e-6)
     cm.switch([random_lora(cm, 2)])
     cm.revert()
@@ -90,7 +90,7 @@ def test_rank_budget_keeps_the_first_ranks(cross):
     lora = random_lora(cm, 1, rank=6)
     cm.apply([lora], rank=2)
     name = "encoder.layer.0.attention.self.query.weight"
-    a, b = lora.lora[name]
+    a, b = lora.payload[name]
     want = base[f"bert.{name}"] + 2.0 * b[:, :2] @ a[:2]
     torch.testing.assert_close(cm.names[name].detach(), want, rtol=0, atol=1e-6)
     with pytest.raises(RerankError, match="positive integer"):
@@ -115,9 +115,9 @@ def test_sparse_language_plus_lora_task_with_head_stack_in_any_order(cross, tiny
     ref = AutoModelForSequenceClassification.from_pretrained(str(tiny_cross)).eval()
     params = dict(ref.named_parameters())
     with torch.no_grad():
-        for name, (idx, val) in lang.entries.items():
+        for name, (idx, val) in lang.payload.entries.items():
             params[f"bert.{name}"].view(-1).index_add_(0, idx.long(), val)
-        for name, (a, b) in task.lora.items():
+        for name, (a, b) in task.payload.items():
             params[f"bert.{name}"].add_(2.0 * b @ a)
         for name, t in task.extras.items():
             params[name].copy_(t)

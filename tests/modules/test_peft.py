@@ -95,7 +95,7 @@ def test_imported_peft_shira_equals_peft_and_round_trips(cross, tiny_cross, tmp_
     shapes = backbone_shapes(tiny_cross)
     module = import_peft(tmp_path / "peft", fingerprint=cm.fingerprint, shapes=shapes, base_model="t", language="ky")
     assert module.config.kind == "shira" and 0 < module.config.density < 1
-    vals = next(iter(module.entries.values()))[1]
+    vals = next(iter(module.payload.entries.values()))[1]
     assert torch.all(vals.abs()[:-1] >= vals.abs()[1:])  # most important (largest) first
     save_module(module, tmp_path / "ours")
     cm.apply([tmp_path / "ours"])
@@ -103,9 +103,9 @@ def test_imported_peft_shira_equals_peft_and_round_trips(cross, tiny_cross, tmp_
     # and back out again: the same entries
     export_peft(load_module(tmp_path / "ours"), tmp_path / "again", head=True)
     again = import_peft(tmp_path / "again", fingerprint=cm.fingerprint, shapes=shapes, base_model="t")
-    assert again.entries.keys() == module.entries.keys()
-    for name, (idx, val) in module.entries.items():
-        assert torch.equal(again.entries[name][0], idx) and torch.equal(again.entries[name][1], val)
+    assert again.payload.entries.keys() == module.payload.entries.keys()
+    for name, (idx, val) in module.payload.entries.items():
+        assert torch.equal(again.payload.entries[name][0], idx) and torch.equal(again.payload.entries[name][1], val)
 
 
 def test_what_cannot_cross_is_refused(cross, tmp_path):
@@ -151,8 +151,8 @@ def test_cli_export_then_import_gives_the_same_module(cross, tiny_cross, tmp_pat
     assert code == 0 and "lora task module" in out, err
     a, b = load_module(src), load_module(tmp_path / "back")
     assert b.config.base_fingerprint == cm.fingerprint and b.config.scaling == a.config.scaling
-    assert a.lora.keys() == b.lora.keys() and a.extras.keys() == b.extras.keys()
-    assert all(torch.equal(a.lora[n][i], b.lora[n][i]) for n in a.lora for i in (0, 1))
+    assert a.payload.keys() == b.payload.keys() and a.extras.keys() == b.extras.keys()
+    assert all(torch.equal(a.payload[n][i], b.payload[n][i]) for n in a.payload for i in (0, 1))
     code, out, _ = run("modules", "info", tmp_path / "back")
     assert "LoRA numbers in 12 targets" in out and "extras: classifier.bias, classifier.weight" in out
     code, _, err = run("modules", "import", tmp_path / "peft", "--out", tmp_path / "x", "--role", "language")

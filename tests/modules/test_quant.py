@@ -26,10 +26,10 @@ def test_quantize_save_load_gives_back_what_was_applied(composed, tmp_path, bits
     path = save_module(q, tmp_path / f"m{bits}")
     back = load_module(path, fingerprint=composed.fingerprint, shapes=composed.shapes)
     assert back.config.bits == bits
-    for name, (idx, val) in m.entries.items():
-        got = back.entries[name][1].float()
-        assert torch.equal(back.entries[name][0], idx)
-        torch.testing.assert_close(got, q.entries[name][1].float(), rtol=0, atol=0)  # disk == memory
+    for name, (idx, val) in m.payload.entries.items():
+        got = back.payload.entries[name][1].float()
+        assert torch.equal(back.payload.entries[name][0], idx)
+        torch.testing.assert_close(got, q.payload.entries[name][1].float(), rtol=0, atol=0)  # disk == memory
         rel = (got - val).norm() / val.norm()
         assert rel < max_rel_err, (name, float(rel))
     # the stored size shrinks with the bits (indices stay int32)

@@ -41,14 +41,14 @@ def test_every_kind_trains_a_module_the_engine_composes(kind, ky_text, tiny_bert
     assert c.data["files"][0]["sha256"] and c.data["script"] == "CYRILLIC"
     assert not (tmp_path / "ky.work").exists()  # checkpoints are removed once the module is written
     if kind in ("shira", "sft"):
-        vals = [v for _, v in back.entries.values()]
+        vals = [v for _, v in back.payload.entries.values()]
         assert all(torch.all(v.abs()[:-1] >= v.abs()[1:]) for v in vals)  # most important first
-        assert "embeddings.word_embeddings.weight" in back.entries
+        assert "embeddings.word_embeddings.weight" in back.payload.entries
         if kind == "shira":  # 2% of each weight (of the language's rows for the embeddings)
-            idx, _ = back.entries["encoder.layer.0.attention.self.query.weight"]
+            idx, _ = back.payload.entries["encoder.layer.0.attention.self.query.weight"]
             assert 0 < idx.numel() <= 0.02 * 32 * 32 + 1
     if kind == "lora":
-        a, b = next(iter(back.lora.values()))
+        a, b = next(iter(back.payload.values()))
         norms = b.norm(dim=0) * a.norm(dim=1)
         assert torch.all(norms[:-1] >= norms[1:])
     cm = ComposedModel(tiny_bert)
@@ -153,8 +153,8 @@ def test_bad_input(ky_text, tiny_bert, tmp_path, capsys):
 def test_embedding_rows_delta_equals_the_parametrized_matrix(tiny_bert):
     """The hooked row delta (no full matrix) gives the same embeddings and decoder rows as writing the
     delta into the matrix."""
+    from rerank.modules import deltas as sparse
     from rerank.scoring.runtime import load_weights
-    from rerank.training import sparse
     from rerank.training.mlm import MLMHead
 
     enc = load_weights(tiny_bert, head=False, device=torch.device("cpu"))

@@ -95,7 +95,8 @@ def test_the_residual_head_starts_at_the_bi_encoder_and_trains_the_top_layers(qr
     assert r["head"] == "residual" and r["layers"] == 1
     assert set(m.extras) == {"residual_head.proj.weight", "residual_head.proj.bias", "residual_head.prior_scale"}
     assert m.extras["residual_head.proj.weight"].abs().sum() > 0  # the correction learned
-    assert m.entries and all(n.startswith("encoder.layer.1.") for n in m.entries)  # top layer of 2 only
+    entries = m.payload.entries
+    assert entries and all(n.startswith("encoder.layer.1.") for n in entries)  # top layer of 2 only
     # before training the head is the bi-encoder: the same MRR on the same groups
     assert r["dev_mrr_before"] == pytest.approx(r["dev_mrr_teacher"], abs=1e-4)
     rr = Reranker(tiny_bert, modules=[tmp_path / "task"])
@@ -137,9 +138,10 @@ def test_an_interrupted_residual_run_resumes_to_the_same_module(qrel_pairs, tiny
     assert r["resumed_from"] == 50 and r["sessions"] == 2 and r["steps"] == 56
     assert r["dev_mrr_before"] == whole.config.recipe["dev_mrr_before"]
     a, b = load_module(tmp_path / "whole"), load_module(tmp_path / "cut")
-    assert set(a.entries) == set(b.entries)
-    for n in a.entries:
-        assert torch.equal(a.entries[n][0], b.entries[n][0]) and torch.allclose(a.entries[n][1], b.entries[n][1])
+    ea, eb = a.payload.entries, b.payload.entries
+    assert set(ea) == set(eb)
+    for n in ea:
+        assert torch.equal(ea[n][0], eb[n][0]) and torch.allclose(ea[n][1], eb[n][1])
     for n in a.extras:
         assert torch.allclose(a.extras[n], b.extras[n])
     assert not (tmp_path / "cut.work").exists()

@@ -1,4 +1,4 @@
-"""Sparse training: a fixed set of trainable entries per weight, the rest frozen.
+"""Trainable sparse deltas: a fixed set of trainable entries per weight, the rest frozen.
 
 Each target weight gets a :class:`SparseDelta` parametrization: the weight seen by the forward pass is
 ``W + scatter(idx, delta)``, where only ``delta`` (one value per chosen entry) is a parameter. The
