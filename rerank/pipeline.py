@@ -26,6 +26,7 @@ from pathlib import Path
 
 from rerank.errors import RerankError
 from rerank.indexes.fusion import DEFAULT_K
+from rerank.modules.format import peek_config
 from rerank.types import Query, ScoredDoc
 
 FIRST_STAGES = ("auto", "bm25", "dense", "hybrid")
@@ -286,9 +287,9 @@ class Pipeline:
         if self.first_stage_weight != "auto":
             return float(self.first_stage_weight or 0.0)
         for path in mods:
-            recipe = _module_recipe(str(path))
-            if recipe.get("fusion"):
-                return float(recipe["fusion"].get("first_stage_weight", 0.0))
+            cfg = peek_config(path)
+            if cfg is not None and cfg.role == "task" and cfg.recipe.get("fusion"):
+                return cfg.fusion.first_stage_weight
         return 0.0
 
     def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc], weight: float = 0.0,
@@ -361,36 +362,11 @@ def _module_map(modules) -> dict[str, tuple]:
     by_lang: dict[str, list[str]] = {}
     common = []
     for p in paths:
-        cfg = _module_role(p)
-        if cfg is not None and cfg[0] == "language" and cfg[1]:
-            by_lang.setdefault(languages.code(cfg[1]), []).append(p)
+        cfg = peek_config(p)
+        if cfg is not None and cfg.role == "language" and cfg.language:
+            by_lang.setdefault(languages.code(cfg.language), []).append(p)
         else:
             common.append(p)
     if len(by_lang) < 2:
         return {"*": tuple(paths)}
     return {"*": tuple(common), **{lang: tuple(ps + common) for lang, ps in by_lang.items()}}
-
-
-def _module_config(path: str) -> dict | None:
-    """A module folder's config as JSON; None when it cannot be read (loading the module reports why)."""
-    import json
-    from pathlib import Path
-
-    try:
-        raw = json.loads((Path(path) / "module_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
-def _module_recipe(path: str) -> dict:
-    """A task module's recipe ({} when it has none or cannot be read)."""
-    raw = _module_config(path) or {}
-    recipe = raw.get("recipe") if raw.get("role") == "task" else None
-    return recipe if isinstance(recipe, dict) else {}
-
-
-def _module_role(path: str) -> tuple[str, str] | None:
-    """(role, language) from a module folder's config; None when it cannot be read (reported at load)."""
-    raw = _module_config(path)
-    return None if raw is None else (str(raw.get("role", "")), str(raw.get("language", "") or ""))

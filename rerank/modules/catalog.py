@@ -18,18 +18,19 @@ replace (the ``dev_mrr_composed`` and ``dev_mrr_teacher`` its training recorded)
 stacks them regardless.
 
 Only modules whose base fingerprint is the backbone's are considered, so a shipped module never reaches
-another backbone. The folder is ``$RERANK_MODULES`` when set, else the ``modules/`` folder beside the
-package (a source checkout).
+another backbone. The folder (:func:`modules_home`) is ``$RERANK_MODULES`` when set; else the ``modules/``
+folder of the source checkout the package runs from; else ``modules/`` in rerank's user cache
+(``$RERANK_HOME``, default ``~/.cache/rerank``) — where an installed package finds modules copied there.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rerank.modules.format import CONFIG_FILE
+from rerank.errors import RerankError
+from rerank.modules.format import CONFIG_FILE, peek_config, read_config
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,20 @@ class Entry:
 
 
 def modules_home() -> Path | None:
-    """Where the shipped modules are: ``$RERANK_MODULES``, else ``<checkout>/modules``; None when absent."""
+    """Where the shipped modules are: ``$RERANK_MODULES``; else ``<checkout>/modules`` when the package runs
+    from a source checkout; else ``<rerank home>/modules`` (the user cache). None when the folder is absent."""
+    from rerank.backbone._files import rerank_home
+
     env = os.environ.get("RERANK_MODULES", "").strip()
-    home = Path(env) if env else Path(__file__).resolve().parents[2] / "modules"
-    return home if home.is_dir() else None
+    if env:
+        home = Path(env).expanduser()
+        return home if home.is_dir() else None
+    package = Path(__file__).resolve().parents[1]  # rerank/
+    checkout = package.parent / "modules"
+    if (package.parent / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    cache = rerank_home() / "modules"
+    return cache if cache.is_dir() else None
 
 
 def catalog(home: str | os.PathLike | None = None) -> list[Entry]:
@@ -57,13 +68,9 @@ def catalog(home: str | os.PathLike | None = None) -> list[Entry]:
         return []
     out = []
     for folder in sorted(p for p in root.iterdir() if (p / CONFIG_FILE).is_file()):
-        try:
-            raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-            below = (raw.get("recipe") or {}).get("language_module") or {}
-            out.append(Entry(folder, str(raw["kind"]), str(raw["role"]), str(raw.get("language") or ""),
-                             str(raw["base_fingerprint"]), below.get("kind")))  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
+        cfg = peek_config(folder)
+        if cfg is not None:
+            out.append(Entry(folder, cfg.kind, cfg.role, cfg.language or "", cfg.base_fingerprint, cfg.trained_on))
     return out
 
 
@@ -94,12 +101,10 @@ def task_verdict(task: str | os.PathLike) -> str | None:
     """None when the task module may be used by default; else why not, in one line. A module that
     records no bi-encoder figure (trained on pairs without teacher scores) is trusted."""
     try:
-        raw = json.loads((Path(task) / CONFIG_FILE).read_text(encoding="utf-8"))
-        recipe = raw.get("recipe") or {}
-        mine, bi = recipe.get("dev_mrr_composed"), recipe.get("dev_mrr_teacher")
-    except (OSError, ValueError, AttributeError):
+        dev = read_config(task).dev
+    except (RerankError, OSError):
         return None  # unreadable: loading it reports what is wrong
-    if mine is None or bi is None or float(mine) >= float(bi):
+    if dev.earned():
         return None
-    return (f"{Path(task).name} is not used by --reranker auto: on its dev split the cross-encoder's MRR {mine} "
-            f"is below the bi-encoder's {bi} (--reranker cross stacks it anyway)")
+    return (f"{Path(task).name} is not used by --reranker auto: on its dev split the cross-encoder's MRR {dev.mrr} "
+            f"is below the bi-encoder's {dev.mrr_first_stage} (--reranker cross stacks it anyway)")

@@ -276,8 +276,7 @@ class ComposedModel:
             seen[key] = m.name
         has_lang = any(m.config.role == "language" for m in modules)
         for m in modules:
-            recipe = m.config.recipe or {}
-            if m.config.role == "task" and has_lang and "language_module" in recipe and not recipe["language_module"]:
+            if has_lang and m.config.trained_alone:
                 from rerank.errors import warn
 
                 warn(

@@ -30,9 +30,37 @@ EXTRA = "extra."
 ROLES = ("language", "task")
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """How a task module's cross-encoder ranking is fused with the first stage's (RRF, ``k``): the first
+    stage's weight, the cross-encoder's being 1 — chosen on the module's dev split (0: its order alone)."""
+
+    first_stage_weight: float = 0.0
+    k: float = 60.0
+
+
+@dataclass(frozen=True)
+class DevFigures:
+    """A task module's figures on its own dev split, behind ``--reranker auto``: the MRR of the composed
+    cross-encoder and of the bi-encoder (the first stage) on the same groups (None: not recorded)."""
+
+    mrr: float | None = None
+    mrr_first_stage: float | None = None
+
+    def earned(self) -> bool:
+        """Whether the cross-encoder ranks at least as well as the first stage it would replace (trusted when a
+        figure is missing: pairs without teacher scores record no bi-encoder MRR)."""
+        return self.mrr is None or self.mrr_first_stage is None or self.mrr >= self.mrr_first_stage
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 @dataclass
 class ModuleConfig:
-    """What ``module_config.json`` records."""
+    """What ``module_config.json`` records. ``recipe`` and ``data`` are the training's free-form record;
+    what search relies on is read from them once, typed: :attr:`fusion`, :attr:`dev`, :attr:`trained_on`."""
 
     kind: str  # a name in rerank.modules.kinds.KINDS: sft (LT-SFT mask) | shira | lora | adapter
     role: str  # language | task
@@ -51,6 +79,32 @@ class ModuleConfig:
     data: dict = field(default_factory=dict)  # what it was trained on (source, size, hash)
     format_version: int = FORMAT_VERSION
     created_by: str = f"rerank {__version__}"
+
+    @property
+    def fusion(self) -> Fusion:
+        """A task module's fusion with the first stage (language modules: none, weight 0)."""
+        raw = self.recipe.get("fusion") if self.role == "task" and isinstance(self.recipe, dict) else None
+        if not isinstance(raw, dict):
+            return Fusion()
+        weight, k = _number(raw.get("first_stage_weight")), _number(raw.get("k"))
+        return Fusion(max(0.0, weight or 0.0), k if k is not None and k >= 0 else Fusion.k)
+
+    @property
+    def dev(self) -> DevFigures:
+        recipe = self.recipe if isinstance(self.recipe, dict) else {}
+        return DevFigures(_number(recipe.get("dev_mrr_composed")), _number(recipe.get("dev_mrr_teacher")))
+
+    @property
+    def trained_on(self) -> str | None:
+        """A task module's: the kind of the language module below it in training (None: the bare backbone)."""
+        below = self.recipe.get("language_module") if isinstance(self.recipe, dict) else None
+        return str(below["kind"]) if isinstance(below, dict) and below.get("kind") else None
+
+    @property
+    def trained_alone(self) -> bool:
+        """A task module whose recipe says it was trained with no language module below it."""
+        recipe = self.recipe if isinstance(self.recipe, dict) else {}
+        return self.role == "task" and "language_module" in recipe and not recipe["language_module"]
 
 
 @dataclass
@@ -133,8 +187,17 @@ def save_module(module: Module, path: str | os.PathLike, overwrite: bool = False
     return Path(path)
 
 
+def peek_config(path: str | os.PathLike) -> ModuleConfig | None:
+    """A module folder's config, or None when it cannot be read (loading the module says why): for the
+    choices search makes before it loads anything."""
+    try:
+        return read_config(path)
+    except (RerankError, OSError):
+        return None
+
+
 def read_config(path: str | os.PathLike) -> ModuleConfig:
-    """A module folder's checked config (the weights are not read)."""
+    """A module folder's checked config (the weights are not read): the one reader of ``module_config.json``."""
     p = Path(path)
     if not (p / CONFIG_FILE).is_file():
         raise RerankError(f"{p} is not a module folder (no {CONFIG_FILE})", hint="give a folder written by rerank")

@@ -614,19 +614,16 @@ def recheck_task_module(path, pairs_path, model=None, progress: bool = True) -> 
     the results in its recipe — for modules trained before a check existed. The config is rewritten
     atomically; the weights are not touched."""
     import json
+    from dataclasses import asdict
 
-    from rerank.modules.format import CONFIG_FILE
+    from rerank.modules.format import CONFIG_FILE, read_config
     from rerank.training.pairs import read_pairs
 
     path, p = Path(path), Path(pairs_path)
     cfg_file = path / CONFIG_FILE
-    try:
-        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RerankError(f"{path} is not a module folder ({e.__class__.__name__})",
-                          hint="give a folder written by rerank train task") from None  # fmt: skip
-    recipe, data = raw.get("recipe") or {}, raw.get("data") or {}
-    if raw.get("role") != "task" or "negatives" not in recipe:
+    cfg = read_config(path)
+    recipe, data = cfg.recipe or {}, cfg.data or {}
+    if cfg.role != "task" or "negatives" not in recipe:
         raise RerankError(f"{path} is not a trained task module", hint="give a folder written by rerank train task")
     if data.get("sha256") and data["sha256"] != sha256_file(p):
         raise RerankError(f"{p} is not the pairs file {path} was trained on (its sha256 differs)",
@@ -635,8 +632,8 @@ def recheck_task_module(path, pairs_path, model=None, progress: bool = True) -> 
     _, dev_rows = _split(rows)
     below = (recipe.get("language_module") or {}).get("path")
     recipe.update(dev_checks(path, below, model, dev_rows, recipe["negatives"], recipe["max_length"]))
-    raw["recipe"] = recipe
+    cfg.recipe = recipe
     tmp = cfg_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(asdict(cfg), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, cfg_file)
     return recipe

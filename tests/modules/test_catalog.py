@@ -250,3 +250,42 @@ def test_auto_skips_a_task_module_that_lost_to_the_bi_encoder_on_its_dev_split(
               "--lang", "ky", "right to education", "-k", "3"])  # fmt: skip
     cap = capsys.readouterr()
     assert e.value.code == 0 and "en-task-lora is not used by --reranker auto" in cap.err and "bm25+bi" in cap.out
+
+
+def test_the_modules_home_is_the_variable_then_the_checkout_then_the_user_cache(tmp_path, monkeypatch):
+    """$RERANK_MODULES wins; a package running from a source checkout finds its modules/; an installed package
+    (no pyproject.toml beside it) finds $RERANK_HOME/modules; none of them present: None."""
+    from pathlib import Path
+
+    import rerank.modules.catalog as cat
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    monkeypatch.setenv("RERANK_MODULES", str(mine))
+    assert cat.modules_home() == mine
+    monkeypatch.delenv("RERANK_MODULES")
+    checkout = Path(cat.__file__).resolve().parents[2]
+    assert cat.modules_home() == checkout / "modules"
+    installed = tmp_path / "site-packages" / "rerank" / "modules" / "catalog.py"
+    monkeypatch.setattr(cat, "__file__", str(installed))
+    monkeypatch.setenv("RERANK_HOME", str(tmp_path / "home"))
+    assert cat.modules_home() is None
+    (tmp_path / "home" / "modules").mkdir(parents=True)
+    assert cat.modules_home() == tmp_path / "home" / "modules"
+
+
+def test_what_search_reads_from_a_task_module_config_is_typed_and_tolerant():
+    """The fusion weight, the dev figures behind --reranker auto and the kind trained below are read from the
+    recipe once: malformed entries fall back to 'no record', never to an exception during a search."""
+    from rerank.modules.format import ModuleConfig
+
+    def cfg(role="task", **recipe):
+        return ModuleConfig(kind="shira", role=role, language="", base_model="m", base_fingerprint="f", recipe=recipe)
+
+    c = cfg(fusion={"first_stage_weight": 0.5, "k": 30}, dev_mrr_composed=0.8, dev_mrr_teacher=0.9,
+            language_module={"kind": "sft", "path": "x"})  # fmt: skip
+    assert (c.fusion.first_stage_weight, c.fusion.k) == (0.5, 30.0)
+    assert not c.dev.earned() and c.trained_on == "sft" and not c.trained_alone
+    bad = cfg(fusion={"first_stage_weight": "lots"}, dev_mrr_composed="?", language_module=None)
+    assert bad.fusion.first_stage_weight == 0.0 and bad.dev.earned() and bad.trained_on is None and bad.trained_alone
+    assert cfg(role="language", fusion={"first_stage_weight": 2.0}).fusion.first_stage_weight == 0.0
