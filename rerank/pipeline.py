@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from rerank.errors import RerankError
 from rerank.indexes.fusion import DEFAULT_K
+from rerank.indexes.stages import STAGES, IndexParts
 from rerank.modules.format import peek_config
 from rerank.types import Query, ScoredDoc
 
-FIRST_STAGES = ("auto", "bm25", "dense", "hybrid")
+FIRST_STAGES = ("auto", *STAGES)
 RERANKERS = ("auto", "none", "bi", "cross")
 DEFAULT_DEPTH = 100  # the bi-encoder's (cheap: the index holds the documents' vectors)
 CROSS_DEPTH = 20  # the cross-encoder's: the quality–latency curve on the dev questions (modules/README.md)
@@ -61,6 +62,109 @@ def choose_first_stage(query_lang: str | None, doc_lang: str, has_dense: bool) -
     return FirstStage("dense") if has_dense else FirstStage("bm25")
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that decides what a search does, in one record that ``rerank search``, ``rerank eval grid``
+    and the Python API share. ``"auto"`` entries are resolved once, by :class:`Pipeline`, into a plan
+    (:meth:`Pipeline.explain`)."""
+
+    first_stage: str = "auto"  # auto | bm25 | dense | hybrid
+    reranker: str = "auto"  # auto | none | bi | cross
+    model: object = None  # the reranker's model folder (None: the embedded backbone)
+    dense_model: object = None  # the dense first stage's query encoder (None: the index's own)
+    depth: int | None = None  # documents reranked (None: CROSS_DEPTH for the cross-encoder, else DEFAULT_DEPTH)
+    fusion_k: float = DEFAULT_K  # RRF k of the hybrid first stage
+    fusion_weights: tuple[float, float] | None = None  # hybrid's (bm25, dense) weights
+    device: str | None = None
+    max_length: int | None = None  # tokens per (query, document) pair
+    analyzer: str | None = None  # refuse an index built with another analyzer
+    modules: object = "auto"  # "auto" | paths | {lang: paths} | None
+    module_density: float | None = None  # sparse modules' budget at load time
+    module_rank: int | None = None  # LoRA modules' budget at load time
+    first_stage_weight: float | str | None = "auto"  # RRF weight of the first stage against the cross-encoder
+
+    def __post_init__(self) -> None:
+        if self.first_stage not in FIRST_STAGES:
+            raise RerankError(f"unknown first stage {self.first_stage!r}",
+                              hint=f"use one of: {', '.join(FIRST_STAGES)}")  # fmt: skip
+        if self.reranker not in RERANKERS:
+            raise RerankError(f"unknown reranker {self.reranker!r}", hint=f"use one of: {', '.join(RERANKERS)}")
+        if self.depth is not None and self.depth < 1:
+            raise RerankError(f"rerank depth must be ≥ 1, not {self.depth}",
+                              hint="e.g. 20 for a cross-encoder, 100 for the bi-encoder")  # fmt: skip
+        if self.fusion_weights is not None and self.first_stage not in ("hybrid", "auto"):
+            raise RerankError("fusion weights apply only to --first-stage hybrid", hint="drop --fusion-weights")
+        if self.fusion_weights is not None and len(self.fusion_weights) != 2:
+            raise RerankError(f"{len(self.fusion_weights)} fusion weights given; hybrid fuses two runs (bm25, dense)",
+                              hint="e.g. --fusion-weights 0.25,1")  # fmt: skip
+        if self.fusion_weights is not None:
+            object.__setattr__(self, "fusion_weights", tuple(float(w) for w in self.fusion_weights))
+        weight = self.first_stage_weight
+        if weight is not None and weight != "auto":
+            try:
+                weight = float(weight)
+            except (TypeError, ValueError):
+                weight = -1.0
+            if not weight >= 0:
+                raise RerankError(
+                    "the first-stage weight is a number ≥ 0 or auto",
+                    hint="e.g. --first-stage-weight 0.5 (0: the cross-encoder's order alone)",
+                )
+            object.__setattr__(self, "first_stage_weight", weight)
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> SearchSettings:
+        """Settings from a table of plain values (a grid's ``[[systems]]`` entry; unknown keys ignored):
+        densities may be written ``"0.5%"``, weights as lists."""
+        from rerank.modules.format import parse_density
+
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in record.items() if k in known}
+        if kw.get("module_density"):
+            kw["module_density"] = parse_density(kw["module_density"])
+        if kw.get("depth"):
+            kw["depth"] = int(kw["depth"])
+        if kw.get("fusion_weights"):
+            kw["fusion_weights"] = tuple(kw["fusion_weights"])
+        if "fusion_k" in kw:
+            kw["fusion_k"] = float(kw["fusion_k"])
+        kw["modules"] = kw.get("modules") or None
+        return cls(**{k: v for k, v in kw.items() if v is not None or k == "modules"})
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What a search does for queries in one language, every ``auto`` resolved."""
+
+    lang: str
+    first_stage: FirstStage
+    reranker: str  # none | bi | cross
+    depth: int
+    modules: tuple[str, ...] = ()
+    first_stage_weight: float = 0.0
+
+    def __str__(self) -> str:
+        who = f"{self.lang} queries" if self.lang else "queries"
+        if self.reranker == "none":
+            return f"{who}: {self.first_stage}, not reranked"
+        name = {"cross": "the cross-encoder", "bi": "the bi-encoder"}[self.reranker]
+        line = f"{who}: {self.first_stage}, top {self.depth} reranked by {name}"
+        if self.modules:
+            line += " with " + " + ".join(display_path(m) for m in self.modules)
+        if self.first_stage_weight:
+            line += f", fused with the first stage at weight {self.first_stage_weight:g}"
+        return line
+
+
+def display_path(path: str) -> str:
+    """A path as a user reads it: relative to the working folder where it is below it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
 class Pipeline:
     """A search system over one index folder: first stage, then an optional reranker.
 
@@ -69,80 +173,70 @@ class Pipeline:
     cross-encoder (:mod:`rerank.modules.catalog`); a list (or ``{lang: [...]}``) stacks those; ``None``
     stacks nothing."""
 
-    def __init__(self, index: str | os.PathLike, *, first_stage: str = "auto", reranker: str = "auto",
-                 model=None, dense_model=None, depth: int | None = None, fusion_k: float = DEFAULT_K,
-                 fusion_weights: Sequence[float] | None = None, device: str | None = None,
-                 max_length: int | None = None, analyzer: str | None = None,
-                 modules: Sequence | Mapping | str | None = "auto", module_density: float | None = None,
-                 module_rank: int | None = None, first_stage_weight: float | str | None = "auto"):
+    def __init__(self, index: str | os.PathLike, settings: SearchSettings | None = None, **kwargs):
+        """``settings``, or the same fields as keywords (they override ``settings``'s)."""
         from rerank.indexes.bm25 import BM25Index
         from rerank.indexes.dense import dense_path
 
-        if first_stage not in FIRST_STAGES:
-            raise RerankError(f"unknown first stage {first_stage!r}", hint=f"use one of: {', '.join(FIRST_STAGES)}")
-        if reranker not in RERANKERS:
-            raise RerankError(f"unknown reranker {reranker!r}", hint=f"use one of: {', '.join(RERANKERS)}")
-        if depth is not None and depth < 1:
-            raise RerankError(f"rerank depth must be ≥ 1, not {depth}",
-                              hint="e.g. 20 for a cross-encoder, 100 for the bi-encoder")
-        if fusion_weights is not None and first_stage not in ("hybrid", "auto"):
-            raise RerankError("fusion weights apply only to --first-stage hybrid", hint="drop --fusion-weights")
-        if fusion_weights is not None and len(fusion_weights) != 2:
-            raise RerankError(f"{len(fusion_weights)} fusion weights given; hybrid fuses two runs (bm25, dense)",
-                              hint="e.g. --fusion-weights 0.25,1")
+        settings = replace(settings, **kwargs) if settings is not None else SearchSettings(**kwargs)
+        self.settings = settings
         self.path = Path(index)
-        self.bm25 = BM25Index(self.path, analyzer=analyzer)
+        self.bm25 = BM25Index(self.path, analyzer=settings.analyzer)
         self.doc_lang = self.bm25.meta.language
         self.has_dense = (dense_path(self.path) / "dense.json").is_file()
-        if first_stage in ("dense", "hybrid") and not self.has_dense:
+        if settings.first_stage != "auto" and STAGES[settings.first_stage].needs_dense and not self.has_dense:
             from rerank.indexes.dense import read_dense_meta
 
             read_dense_meta(self.path)  # raises the "no dense index" error with the command that adds one
-        self.first_stage, self.reranker_kind = first_stage, reranker
-        if first_stage_weight is not None and first_stage_weight != "auto":
-            try:
-                first_stage_weight = float(first_stage_weight)
-            except (TypeError, ValueError):
-                first_stage_weight = -1.0
-            if not first_stage_weight >= 0:
-                raise RerankError(
-                    "the first-stage weight is a number ≥ 0 or auto",
-                    hint="e.g. --first-stage-weight 0.5 (0: the cross-encoder's order alone)",
-                )
-        self.first_stage_weight = first_stage_weight
-        self.fusion_k = fusion_k
-        self.fusion_weights = tuple(float(w) for w in fusion_weights) if fusion_weights is not None else None
-        self.device, self.max_length = device, max_length
-        self._model, self._dense_model = model, dense_model
+        self.first_stage, self.reranker_kind = settings.first_stage, settings.reranker
+        self.first_stage_weight = settings.first_stage_weight
+        self.fusion_k, self.fusion_weights = settings.fusion_k, settings.fusion_weights
+        self.device, self.max_length = settings.device, settings.max_length
+        self._model, self._dense_model = settings.model, settings.dense_model
         self._dense = None
         self._reranker = None
-        self._auto_fingerprint = None  # modules="auto": the backbone whose shipped modules are stacked
+        self._heads_from_modules = False
         self.auto_note: str | None = None  # why modules="auto" stacked nothing although modules are shipped
-        if isinstance(modules, str) and modules == "auto":
-            modules = None
-            if reranker in ("auto", "cross"):
-                from rerank.modules.catalog import default_stack, task_verdict
-                from rerank.scoring.encoder import resolve
-
-                info = resolve(model)
-                stack = () if info.has_head else default_stack(None, info.fingerprint)
-                verdict = task_verdict(stack[-1]) if stack and reranker == "auto" else None
-                if stack and verdict is None:
-                    self._auto_fingerprint = info.fingerprint
-                self.auto_note = verdict
-        self.modules = _module_map(modules)
-        self.module_density = module_density
-        self.module_rank = module_rank
-        if self.modules and reranker == "none":
+        self.modules = self._resolve_modules(settings.modules, settings.reranker)
+        self.module_density = settings.module_density
+        self.module_rank = settings.module_rank
+        if self.modules and settings.reranker == "none":
             raise RerankError("modules specialise the reranker; with --reranker none they would do nothing",
                               hint="pick a reranker (bi or cross) or drop --modules")
-        if reranker != "none":
+        if settings.reranker != "none":
             self.reranker  # load now: a bad --model is reported before any searching  # noqa: B018
-        if reranker == "auto":
+        if settings.reranker == "auto":
             self._settle_auto_reranker()
         for path in dict.fromkeys(p for mods in self.modules.values() for p in mods):
             self.composer.load(path)  # a bad module is reported now, before any searching
-        self.depth = depth or (CROSS_DEPTH if self.reranker_kind == "cross" else DEFAULT_DEPTH)
+        self.depth = settings.depth or (CROSS_DEPTH if self.reranker_kind == "cross" else DEFAULT_DEPTH)
+        self._weights = {mods: self._fusion_weight(mods) for mods in set(self.modules.values())}
+
+    def _resolve_modules(self, modules, reranker: str) -> dict[str, tuple]:
+        """{language code: module paths}, ``"*"`` for every other language. ``"auto"``: the shipped modules for
+        the reranker's backbone, for every language the catalogue has a module for and for the rest — resolved
+        here once, so a search reads this map and changes nothing."""
+        if not (isinstance(modules, str) and modules == "auto"):
+            mapped = _module_map(modules)
+            self._heads_from_modules = any(_has_head(p) for mods in mapped.values() for p in mods)
+            return mapped
+        if reranker not in ("auto", "cross"):
+            return {}
+        from rerank.modules.catalog import catalog, default_stack, task_verdict
+        from rerank.scoring.encoder import resolve
+
+        info = resolve(self._model)
+        stack = () if info.has_head else default_stack(None, info.fingerprint)
+        verdict = task_verdict(stack[-1]) if stack and reranker == "auto" else None
+        self.auto_note = verdict
+        if not stack or verdict is not None:
+            return {}
+        self._heads_from_modules = True
+        codes = {e.language for e in catalog() if e.role == "language" and e.fingerprint == info.fingerprint}
+        out = {"*": tuple(str(p) for p in stack)}
+        for code in sorted(c for c in codes if c):
+            out[code] = tuple(str(p) for p in default_stack(code, info.fingerprint))
+        return out
 
     @classmethod
     def from_index(cls, index: str | os.PathLike, **kwargs) -> Pipeline:
@@ -152,14 +246,10 @@ class Pipeline:
     @property
     def reranker(self):
         if self._reranker is None and self.reranker_kind != "none":
-            from rerank.modules.format import has_head
             from rerank.scoring.reranker import Reranker
 
-            heads = self._auto_fingerprint is not None or any(
-                has_head(p) for mods in self.modules.values() for p in mods
-            )
             self._reranker = Reranker(self._model, self.reranker_kind, device=self.device, max_length=self.max_length,
-                                      head_from_module=heads)  # fmt: skip
+                                      head_from_module=self._heads_from_modules)  # fmt: skip
         return self._reranker
 
     def _settle_auto_reranker(self) -> None:
@@ -188,12 +278,15 @@ class Pipeline:
 
     def plan(self, query_lang: str | None) -> FirstStage:
         """The first stage that runs for queries in ``query_lang``."""
+        from rerank import languages
+
+        return self._plan_code(languages.code(query_lang) if query_lang else None)
+
+    def _plan_code(self, code: str | None) -> FirstStage:
         if self.first_stage == "auto" and self.fusion_weights is not None:
             stage = FirstStage("hybrid")  # weights given: the user asks for fusion
         elif self.first_stage == "auto":
-            stage = choose_first_stage(query_lang, self.doc_lang, self.has_dense)
-        elif self.first_stage == "hybrid":
-            stage = FirstStage("hybrid")
+            stage = choose_first_stage(code or None, self.doc_lang, self.has_dense)
         else:
             stage = FirstStage(self.first_stage)
         if stage.kind == "hybrid" and self.fusion_weights is not None:
@@ -213,23 +306,19 @@ class Pipeline:
 
     def first_stage_run(self, queries: Sequence[Query], k: int, *, progress: bool = False,
                         threads: int = 2) -> dict[str, list[ScoredDoc]]:
-        from rerank import languages
-        from rerank.indexes.fusion import rrf
+        """The first stage's top ``k`` per query id (queries grouped by the stage their language plans)."""
+        return self._first_stage(_canonical(queries), k, progress=progress, threads=threads)
 
+    def _first_stage(self, queries: list[Query], k: int, *, progress: bool, threads: int) -> dict:
         by_plan: dict[FirstStage, list[Query]] = {}
         for q in queries:
-            by_plan.setdefault(self.plan(languages.code(q.lang) if q.lang else None), []).append(q)
+            by_plan.setdefault(self._plan_code(q.lang), []).append(q)
+        parts = IndexParts(self.bm25, lambda: self.dense, self.fusion_k)
         out: dict[str, list[ScoredDoc]] = {}
-        for stage, qs in by_plan.items():
-            bm = self.bm25.batch_search(qs, k=k, threads=threads, progress=progress) if stage.kind != "dense" else {}
-            de = self.dense.batch_search(qs, k=k) if stage.kind != "bm25" else {}
-            for q in qs:
-                if stage.kind == "hybrid":
-                    out[q.query_id] = rrf([bm.get(q.query_id, []), de.get(q.query_id, [])], stage.weights,
-                                          self.fusion_k, query_id=q.query_id)[:k]
-                else:
-                    out[q.query_id] = (bm if stage.kind == "bm25" else de).get(q.query_id, [])
-        return {q.query_id: out[q.query_id] for q in queries}
+        for desc, qs in by_plan.items():
+            stage = STAGES[desc.kind].build(parts, desc.weights)
+            out |= stage.batch_search(qs, k, progress=progress, threads=threads)
+        return {q.query_id: out.get(q.query_id, []) for q in queries}
 
     def run(self, queries: Sequence[Query], k: int = 100, *, progress: bool = False,
             threads: int = 2) -> tuple[dict[str, list[ScoredDoc]], dict[str, list[ScoredDoc]]]:
@@ -239,16 +328,17 @@ class Pipeline:
         for q in queries:
             if not q.text.strip():
                 raise RerankError(f"query {q.query_id} is empty", hint="give every query some words")
+        queries = _canonical(queries)  # each query's language is canonicalised here, once
         # Fusion and reranking both look at the top `depth` of the first stage, so a smaller k only
         # cuts the final list: search(k=10) is the top 10 of search(k=100).
-        first = self.first_stage_run(queries, max(k, self.depth), progress=progress, threads=threads)
+        first = self._first_stage(queries, max(k, self.depth), progress=progress, threads=threads)
         if self.reranker_kind == "none":
             return {q: r[:k] for q, r in first.items()}, first
         final: dict[str, list[ScoredDoc]] = {}
         # queries grouped by the module set their language asks for: one switch per group
         groups: dict[tuple, list[Query]] = {}
         for q in queries:
-            groups.setdefault(self.modules_for(q.lang), []).append(q)
+            groups.setdefault(self._modules_code(q.lang), []).append(q)
         with tqdm(total=len(queries), desc=f"reranking ({self.reranker.kind})", unit="query",
                   disable=not progress, leave=False) as bar:
             for mods, qs in groups.items():
@@ -266,12 +356,19 @@ class Pipeline:
         ``modules="auto"``, the shipped modules :func:`rerank.modules.catalog.default_stack` picks)."""
         from rerank import languages
 
-        code = languages.code(lang) if lang else ""
-        if self._auto_fingerprint is not None and code not in self.modules:
-            from rerank.modules.catalog import default_stack
+        return self._modules_code(languages.code(lang) if lang else "")
 
-            self.modules[code] = tuple(str(p) for p in default_stack(code, self._auto_fingerprint))
+    def _modules_code(self, code: str) -> tuple:
         return tuple(self.modules.get(code, self.modules.get("*", ())))
+
+    def explain(self, lang: str | None) -> SearchPlan:
+        """What a search does for queries in ``lang``, every ``auto`` resolved (``rerank search --explain``)."""
+        from rerank import languages
+
+        code = languages.code(lang) if lang else ""
+        mods = self._modules_code(code) if self.reranker_kind != "none" else ()
+        return SearchPlan(code, self._plan_code(code or None), self.reranker_kind, self.depth, mods,
+                          self.fusion_weight(mods))  # fmt: skip
 
     @property
     def composer(self):
@@ -282,6 +379,12 @@ class Pipeline:
         """The first stage's weight when its ranking is fused (RRF, k=60) with the cross-encoder's: the
         number given, or with ``auto`` the one the stacked task module's dev split chose (its recipe's
         ``fusion``; 0 — the cross-encoder's order alone — when it records none)."""
+        mods = tuple(mods)
+        if mods in self._weights:
+            return self._weights[mods]
+        return self._fusion_weight(mods)
+
+    def _fusion_weight(self, mods: tuple) -> float:
         if self.reranker_kind != "cross":
             return 0.0
         if self.first_stage_weight != "auto":
@@ -342,6 +445,19 @@ class Pipeline:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _canonical(queries: Sequence[Query]) -> list[Query]:
+    """The queries with their languages as ISO codes (an unknown language is one clear error)."""
+    from rerank import languages
+
+    return [q._replace(lang=languages.code(q.lang)) if q.lang else q for q in queries]
+
+
+def _has_head(path) -> bool:
+    from rerank.modules.format import has_head
+
+    return has_head(path)
 
 
 def _module_map(modules) -> dict[str, tuple]:

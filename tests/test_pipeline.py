@@ -102,3 +102,39 @@ def test_bad_pipeline_settings(index, en_index, tiny_bert):
         Pipeline(index, first_stage="bm25", fusion_weights=(1, 1), reranker="none")
     with Pipeline(index, reranker="none", dense_model=tiny_bert) as p, pytest.raises(RerankError, match="empty"):
         p.search("  ")
+
+
+def test_a_hybrid_first_stage_composes_any_two_stages(index, tiny_bert):
+    """The first stages share one protocol: Hybrid fuses whatever two stages it is given (here BM25 with itself
+    at unequal weights keeps BM25's order; BM25 with dense is the pipeline's hybrid)."""
+    from rerank.indexes.stages import STAGES, BM25Stage, DenseStage, Hybrid
+    from rerank.pipeline import Pipeline
+
+    q = Query("q1", QUERY, "en")
+    with Pipeline(index, first_stage="hybrid", reranker="none", model=tiny_bert, dense_model=tiny_bert) as p:
+        bm25, dense = BM25Stage(p.bm25), DenseStage(p.dense)
+        twice = Hybrid(bm25, bm25, (2.0, 1.0)).search(q, 20)
+        assert [d.doc_id for d in twice] == [d.doc_id for d in bm25.search(q, 20)]
+        assert Hybrid(bm25, dense).search(q, 20) == p.first_stage_run([q], 20)["q1"]
+    assert set(STAGES) == {"bm25", "dense", "hybrid"} and STAGES["dense"].needs_dense
+
+
+def test_settings_are_one_record_and_auto_is_resolved_once_into_a_plan(index, tiny_bert, capsys):
+    """The CLI, the grid and the API build the same SearchSettings; the pipeline resolves every auto into a
+    printable plan (rerank search --explain prints it and searches nothing)."""
+    from rerank.cli.main import main
+    from rerank.pipeline import Pipeline, SearchSettings
+
+    s = SearchSettings.from_record({"name": "x", "first_stage": "hybrid", "fusion_weights": [0.25, 1],
+                                    "module_density": "0.5%", "depth": "15", "reranker": "bi"})  # fmt: skip
+    assert (s.fusion_weights, s.module_density, s.depth, s.modules) == ((0.25, 1.0), 0.005, 15, None)
+    with pytest.raises(RerankError, match="fusion weights apply only"):
+        SearchSettings(first_stage="bm25", fusion_weights=(1, 1))
+    with Pipeline(index, s, model=tiny_bert, dense_model=tiny_bert) as p:
+        plan = p.explain("kir")  # canonicalised once: ky
+        assert (plan.lang, plan.first_stage.kind, plan.reranker, plan.depth) == ("ky", "hybrid", "bi", 15)
+        assert str(plan) == "ky queries: hybrid (RRF, weights bm25 0.25 : dense 1), top 15 reranked by the bi-encoder"
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--index", str(index), "--lang", "ky", "--reranker", "none", "--explain", "a query"])
+    cap = capsys.readouterr()
+    assert e.value.code == 0 and cap.out.strip() == "ky queries: dense, not reranked" and "docid" not in cap.out

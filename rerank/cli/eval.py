@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rerank.cli._common import out, user_errors
+from rerank.cli._common import invocation, out, user_errors
 
 app = typer.Typer(help="Evaluate runs (ir_measures), test significance, write reports.", no_args_is_help=True)
 
@@ -123,9 +123,9 @@ def grid(
     from rerank.eval.grid import evaluate_grid, load_grid, run_grid, write_grid_report
 
     g = load_grid(path)
-    runs = run_grid(g, out_dir, progress=not quiet)
+    runs = run_grid(g, out_dir, progress=not quiet, command=invocation())
     cells = evaluate_grid(g, runs)
-    write_grid_report(g, cells, out_dir)
+    write_grid_report(g, cells, out_dir, command=invocation())
     out.print((out_dir / "grid.md").read_text(encoding="utf-8"))
     out.print(f"wrote {out_dir}/index.html (+ grid.csv, grid.json, grid.md, cells/, runs/)")
 

@@ -84,6 +84,9 @@ def search(
         typer.Option("--analyzer", help="Refuse the index unless it was built with this analyzer (e.g. lucene-en)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Print what the search would do (every auto resolved) and stop.")
+    ] = False,
 ) -> None:
     """Search an index: first stage (BM25, dense or hybrid), then rerank the top --depth.
 
@@ -97,7 +100,7 @@ def search(
     from rerank.collections.trec import format_run_lines, write_run
     from rerank.errors import RerankError
     from rerank.modules.format import parse_density
-    from rerank.pipeline import Pipeline
+    from rerank.pipeline import Pipeline, SearchSettings
     from rerank.types import Query
 
     if (query is None) == (topics is None):
@@ -116,8 +119,7 @@ def search(
         queries = read_topics(topics, topics_format, lang, field)
         code = code or (queries[0].lang if queries else "")
     k = k or (100 if (output or topics) else 10)
-    pipe = Pipeline(
-        index,
+    settings = SearchSettings(
         first_stage=first_stage,
         reranker=reranker,
         model=model,
@@ -133,7 +135,12 @@ def search(
         module_rank=module_rank,
         first_stage_weight=first_stage_weight.strip().lower() or "auto",
     )
+    pipe = Pipeline(index, settings)
     try:
+        if explain:
+            for lang_ in dict.fromkeys(q.lang for q in queries):
+                out.print(str(pipe.explain(lang_)), markup=False, highlight=False)
+            return
         stage = pipe.plan(code or None)
         system = _system_name(stage, pipe)
         if code and code != pipe.doc_lang and stage.kind == "bm25" and not quiet:
@@ -173,22 +180,15 @@ def _modules(text: str | None):
 
 def _say_modules(pipe, queries) -> None:
     """One line per query language on stderr: which modules the reranker stacks."""
-    langs = dict.fromkeys(q.lang for q in queries)
-    for lang in langs:
-        mods = pipe.modules_for(lang)
-        if mods:
-            names = " + ".join(_short(m) for m in mods)
-            w = pipe.fusion_weight(mods)
+    from rerank.pipeline import display_path
+
+    for lang in dict.fromkeys(q.lang for q in queries):
+        plan = pipe.explain(lang)
+        if plan.modules:
+            names = " + ".join(display_path(m) for m in plan.modules)
+            w = plan.first_stage_weight
             fused = f"; fused with the first stage at weight {w:g} (--first-stage-weight)" if w else ""
-            err.print(f"modules{f' for {lang} queries' if lang else ''}: {names}{fused}")
-
-
-def _short(path: str) -> str:
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
+            err.print(f"modules{f' for {plan.lang} queries' if plan.lang else ''}: {names}{fused}")
 
 
 def _weights(text: str | None) -> tuple[float, float] | None:

@@ -175,15 +175,14 @@ def _ensure_index(index: Path, docs: Path, lang: str, progress: bool) -> None:
     build_dense(index, progress=progress, overwrite=True)
 
 
-def run_grid(grid: Grid, out: str | os.PathLike, *, progress: bool = True) -> dict:
+def run_grid(grid: Grid, out: str | os.PathLike, *, progress: bool = True, command: str | None = None) -> dict:
     """Run (or reuse) every system × document language × query language; returns
-    {(doc, query): {system: run path}}."""
+    {(doc, query): {system: run path}}. ``command``: how the grid was invoked, recorded beside each run."""
     from tqdm import tqdm
 
-    from rerank.cli._common import invocation
     from rerank.collections.topics import read_topics
     from rerank.collections.trec import write_run
-    from rerank.pipeline import Pipeline
+    from rerank.pipeline import Pipeline, SearchSettings
 
     out = Path(out)
     c = grid.collection
@@ -216,13 +215,14 @@ def run_grid(grid: Grid, out: str | os.PathLike, *, progress: bool = True) -> di
                             continue  # reused
                         bar.set_postfix_str(f"{s['name']} {query}→{doc}")
                         if pipe is None:
-                            pipe = _pipeline(Pipeline, index, s)
+                            pipe = Pipeline(index, SearchSettings.from_record(s))
                         queries = read_topics(topics, lang=query)
                         final, _ = pipe.run(queries, k=grid.k)
                         flat = [sd for q in queries for sd in final[q.query_id]]
                         path.parent.mkdir(parents=True, exist_ok=True)
                         write_run(flat, path, tag=s["name"], overwrite=True)
-                        record = {"key": key, "command": invocation(), "system": s, "doc": doc, "query": query}
+                        record = {"key": key, "command": command or _command(grid), "system": s, "doc": doc,
+                                  "query": query}  # fmt: skip
                         side.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
                         bar.update(1)
                 finally:
@@ -231,24 +231,8 @@ def run_grid(grid: Grid, out: str | os.PathLike, *, progress: bool = True) -> di
     return runs
 
 
-def _pipeline(Pipeline, index: Path, s: dict):
-    from rerank.modules.format import parse_density
-
-    kwargs = {
-        "first_stage": s.get("first_stage", "auto"),
-        "reranker": s.get("reranker", "auto"),
-        "model": s.get("model"),
-        "dense_model": s.get("dense_model"),
-        "modules": s.get("modules") or None,
-        "module_density": parse_density(s["module_density"]) if s.get("module_density") else None,
-        "module_rank": s.get("module_rank"),
-        "depth": int(s["depth"]) if s.get("depth") else None,
-        "fusion_k": float(s.get("fusion_k", 60.0)),
-        "fusion_weights": tuple(s["fusion_weights"]) if s.get("fusion_weights") else None,
-        "max_length": s.get("max_length"),
-        "first_stage_weight": s.get("first_stage_weight", "auto"),
-    }
-    return Pipeline(index, **kwargs)
+def _command(grid: Grid) -> str:
+    return f"rerank eval grid {grid.path}"
 
 
 def evaluate_grid(grid: Grid, runs: dict) -> dict:
@@ -267,7 +251,7 @@ def evaluate_grid(grid: Grid, runs: dict) -> dict:
     return cells
 
 
-def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike) -> Path:
+def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: str | None = None) -> Path:
     """``<out>/index.html`` (one table per measure: rows = systems, columns = query→document languages,
     † vs the baseline), grouped bar charts, ``grid.csv``/``grid.json``/``grid.md``, and a full report
     per column under ``<out>/cells/``."""
@@ -385,9 +369,9 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike) -> Path:
         for s in grid.systems
     )
     skipped = "".join(f"<li>{e(s)}: {e(why)}</li>" for s, why in grid.skipped.items())
-    from rerank.cli._common import invocation
     from rerank.eval.report import _CSS
 
+    how = command or _command(grid)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(grid.title)}</title><style>{_CSS}</style></head><body>
 <h1>{e(grid.title)}</h1>
@@ -397,7 +381,7 @@ red: significantly worse; hover a cell for the test results.</p>
 {f"<h2>Not run</h2><ul>{skipped}</ul>" if skipped else ""}
 <h2>Plots</h2>{figs}
 <h2>Per column</h2><ul>{links}</ul>
-<h2>How it was made</h2><p><code>{e(invocation())}</code> with <code>{e(str(grid.path))}</code>:</p><ul>{sysrows}</ul>
+<h2>How it was made</h2><p><code>{e(how)}</code> with <code>{e(str(grid.path))}</code>:</p><ul>{sysrows}</ul>
 <p class="legend">Files beside this page: grid.csv, grid.json, grid.md, runs/ (TREC runs, each with a .json
 saying how it was made), cells/ (a full report per column).</p>
 </body></html>

@@ -109,7 +109,9 @@ def test_search_stacks_the_shipped_modules_by_default(shipped, tiny_dense_index,
     kw = dict(first_stage="bm25", model=tiny_bert, depth=10)
     with Pipeline(tiny_dense_index, **kw) as p:
         assert p.reranker_kind == "cross"
+        before = dict(p.modules)
         auto = p.batch_search(qs, k=10)
+        assert p.modules == before  # resolved before the search, not during it
         assert p.modules_for("ky") == (str(shipped / "ky-lang-shira"), str(shipped / "en-task-lora"))
     explicit = {"ky": [shipped / "ky-lang-shira", shipped / "en-task-lora"],
                 "ug": [shipped / "en-lang-shira", shipped / "en-task-lora"]}  # fmt: skip
