@@ -5,11 +5,7 @@ people type for Kyrgyz), ``Kyrgyz`` — and works with the two-letter ISO 639-1 
 Codes come from ``pycountry``'s ISO 639-3 table, so every language with a two-letter code is known,
 not only the handful the product was first built for.
 
-For BM25 the question is which analyzer a language gets. Lucene (through Anserini) has stemmers and
-stop lists for the languages in :data:`LUCENE_ANALYZERS`. Every other language — Kyrgyz and Uyghur
-among them — is *not* sent to Lucene's English analyzer (which is what Anserini silently does):
-its text is pre-tokenized in Python by :mod:`rerank.indexes.tokenize`, identically for documents
-and queries.
+Which BM25 analyzer a language gets is the indexes' business (:mod:`rerank.indexes.analyzers`).
 """
 
 from __future__ import annotations
@@ -19,9 +15,6 @@ import functools
 from typing import NamedTuple
 
 from rerank.errors import RerankError
-
-#: Languages for which Anserini ships a Lucene analyzer (``-language XX``); English is its default.
-LUCENE_ANALYZERS = frozenset("ar bn da de en es fa fi fr hi hu id it ja ko nl no pl pt ru sv te th tr uk zh".split())
 
 #: Aliases that are not ISO codes or names but that users type. ``kg`` is Kyrgyzstan's country code;
 #: as an ISO 639-1 code it would be Kongo, which no backend here supports, so it means Kyrgyz.
@@ -35,18 +28,6 @@ class Language(NamedTuple):
     code: str  # ISO 639-1
     name: str
     alpha_3: str
-
-    @property
-    def lucene(self) -> bool:
-        """True when Anserini has a Lucene analyzer for this language."""
-        return self.code in LUCENE_ANALYZERS
-
-    @property
-    def analyzer(self) -> str:
-        """The BM25 analyzer this language gets: ``lucene-XX`` or our pre-tokenizer."""
-        from rerank.indexes.tokenize import TOKENIZER_NAME
-
-        return f"lucene-{self.code}" if self.lucene else TOKENIZER_NAME
 
 
 @functools.cache

@@ -64,10 +64,12 @@ def test_unknown_language_suggests_the_nearest():
 
 
 def test_analyzers_lucene_or_declared_pretokenizer():
-    assert languages.resolve("de").analyzer == "lucene-de"
-    assert languages.resolve("tr").analyzer == "lucene-tr"
+    from rerank.indexes.analyzers import analyzer_for
+
+    assert analyzer_for(languages.code("de")) == "lucene-de"
+    assert analyzer_for(languages.code("tr")) == "lucene-tr"
     for code in ("ky", "ug", "kk", "sw"):  # no Lucene analyzer: never English's
-        assert languages.resolve(code).analyzer == TOKENIZER_NAME
+        assert analyzer_for(languages.code(code)) == TOKENIZER_NAME
 
 
 def test_tokenizer_keeps_scripts_and_marks_whole():

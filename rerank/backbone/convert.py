@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank.backbone._files import META_NAME, SINGLE_NAME, read_json, rerank_home, umask_mode, write_json_atomic
 from rerank.backbone.e5file import E5File, read_e5_file
+from rerank.backbone.files import META_NAME, SINGLE_NAME, read_json, rerank_home, umask_mode, write_json_atomic
 from rerank.errors import RerankError
 
 CONVERTER_VERSION = 1

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rerank.backbone._files import read_json, rerank_home, safetensors_header, weight_files, write_json_atomic
+from rerank.backbone.files import read_json, rerank_home, safetensors_header, weight_files, write_json_atomic
 from rerank.errors import RerankError
 
 BASE_PREFIXES = ("bert.", "roberta.", "model.")

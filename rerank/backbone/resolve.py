@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank.backbone._files import META_NAME, read_json, safetensors_header, weight_files
+from rerank.backbone.files import META_NAME, read_json, safetensors_header, weight_files
 from rerank.errors import RerankError
 
 SUPPORTED_TYPES = ("bert", "xlm-roberta", "roberta")

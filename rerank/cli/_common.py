@@ -33,7 +33,7 @@ def write_provenance(path, **facts) -> None:
     from pathlib import Path
 
     from rerank import __version__
-    from rerank.collections._io import atomic_write
+    from rerank.files import atomic_write
 
     record = {"command": invocation(), **facts, "created": datetime.now(UTC).isoformat(timespec="seconds")}
     record["rerank"] = __version__

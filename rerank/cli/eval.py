@@ -49,7 +49,7 @@ def load_runs(specs: list[str]) -> tuple[dict, dict[str, str]]:
 def print_table(ev, comparisons, baseline: str | None, test: str, alpha: float) -> None:
     from rich.table import Table
 
-    from rerank.eval.report import _legend, table_rows
+    from rerank.eval.report import legend_text, table_rows
 
     rows = table_rows(ev, comparisons, test=test, alpha=alpha)
     t = Table(show_edge=False, pad_edge=False)
@@ -60,7 +60,7 @@ def print_table(ev, comparisons, baseline: str | None, test: str, alpha: float) 
         t.add_row(row[0], *(f"[bold]{c}[/]" if ev.mean(s, m) == best[m] else c for m, c in zip(ev.measures, row[1:])))
     out.print(t)
     if baseline:
-        out.print(_legend(baseline, test, alpha, len(ev.queries)))
+        out.print(legend_text(baseline, test, alpha, len(ev.queries)))
 
 
 @app.command("run")
@@ -84,12 +84,12 @@ def run(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ) -> None:
     """Score runs, mark significant differences from --baseline, and write a report."""
-    from rerank.collections._io import refuse_existing
     from rerank.collections.trec import read_qrels
     from rerank.errors import RerankError
     from rerank.eval.metrics import evaluate, parse_metrics
     from rerank.eval.report import write_report
     from rerank.eval.significance import TESTS, compare
+    from rerank.files import refuse_existing
 
     if test not in TESTS:
         raise RerankError(f"--test {test!r} is not a test", hint="t (paired t-test) or perm (randomisation)")

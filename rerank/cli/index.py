@@ -77,7 +77,9 @@ def index(
         f"indexed {meta.documents:,} documents ({language.name}, analyzer {meta.analyzer}) "
         f"into {out_dir} in {took:.1f} s"
     )
-    if not language.lucene:
+    from rerank.indexes.analyzers import has_lucene
+
+    if not has_lucene(language.code):
         err.print(f"note: Lucene has no {language.name} analyzer; documents were pre-tokenized ({meta.analyzer})")
     if dense:
         _dense(out_dir, model, dense_kind, True, quiet)

@@ -51,7 +51,7 @@ def quantize(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ) -> None:
     """Store a module's values at fewer bits (dequantized when loaded)."""
-    from rerank.collections._io import refuse_existing
+    from rerank.files import refuse_existing
     from rerank.modules.format import load_module, module_size, quantize_module, save_module
     from rerank.modules.quant import check_bits
 
@@ -81,8 +81,8 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ) -> None:
     """Write a module as a folder peft loads (LoRA as LORA, sparse as SHIRA)."""
-    from rerank.collections._io import refuse_existing
     from rerank.errors import RerankError
+    from rerank.files import refuse_existing
     from rerank.modules.format import load_module
     from rerank.modules.interop import export_peft
 
@@ -113,8 +113,8 @@ def import_(
     """Turn a peft LoRA or SHiRA adapter into a module for a backbone."""
     from rerank import languages
     from rerank.backbone import resolve_model
-    from rerank.collections._io import refuse_existing
     from rerank.errors import RerankError
+    from rerank.files import refuse_existing
     from rerank.modules.format import ROLES, module_size, save_module
     from rerank.modules.interop import backbone_shapes, import_peft
 

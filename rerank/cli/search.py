@@ -95,10 +95,10 @@ def search(
     """
     from rerank import languages
     from rerank.cli._common import write_provenance
-    from rerank.collections._io import check_writable_target
     from rerank.collections.topics import read_topics
     from rerank.collections.trec import format_run_lines, write_run
     from rerank.errors import RerankError
+    from rerank.files import check_writable_target
     from rerank.modules.format import parse_density
     from rerank.pipeline import Pipeline, SearchSettings
     from rerank.types import Query

@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rerank.collections._io import atomic_write, check_readable, json_lines, numbered_lines
 from rerank.errors import RerankError, at_line
+from rerank.files import atomic_write, check_readable, json_lines, numbered_lines
 from rerank.types import Document
 
 _ID_KEYS = ("id", "doc_id", "docid", "_id")

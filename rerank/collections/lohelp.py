@@ -110,7 +110,7 @@ def page_documents(path: Path, rel: str, min_chars: int = 80, drop: set[str] | N
     return docs
 
 
-def _pages(root: Path) -> list[Path]:
+def help_pages(root: Path) -> list[Path]:
     pages = sorted(root.rglob("text/**/*.html"))
     if not pages:
         raise RerankError(f"no help pages (text/**/*.html) under {root}", hint="extract libreoffice-help-<lang> there")
@@ -128,16 +128,16 @@ def build(help_root: str | os.PathLike, out: str | os.PathLike, lang: str = "en"
     ``rerank collections build-parallel --lohelp`` splits) are left out, and their paragraphs wherever else they
     appear, so that no language module is trained on the text of a dev query or document."""
     from rerank import languages
-    from rerank.collections._io import atomic_write, check_writable_target
     from rerank.collections.docs import write_jsonl_docs
     from rerank.collections.splits import DEV_FRACTION, is_dev
+    from rerank.files import atomic_write, check_writable_target
 
     code = languages.code(lang)
     root = Path(help_root)
-    pages = _pages(root)
+    pages = help_pages(root)
     drop: set[str] = set()
     if untranslated_from is not None:
-        drop = {t for page in _pages(Path(untranslated_from)) for tag, t in page_blocks(page) if tag == "p"}
+        drop = {t for page in help_pages(Path(untranslated_from)) for tag, t in page_blocks(page) if tag == "p"}
     target = Path(out) / f"docs.{code}.jsonl"
     check_writable_target(target, overwrite)
     docs: list[Document] = []

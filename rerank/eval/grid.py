@@ -258,9 +258,9 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
     import csv
     import html
 
-    from rerank.collections._io import atomic_write
-    from rerank.eval.report import MARK, _legend, _png, write_report
+    from rerank.eval.report import MARK, legend_text, png_data_uri, write_report
     from rerank.eval.significance import confidence_interval
+    from rerank.files import atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +310,7 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
         md.append("")
         charts.append((m, table))
     n_q = sorted({len(ev.queries) for ev, _ in cells.values()})
-    legend = _legend(grid.baseline, grid.test, grid.alpha, n_q[0] if len(n_q) == 1 else 0)
+    legend = legend_text(grid.baseline, grid.test, grid.alpha, n_q[0] if len(n_q) == 1 else 0)
     md.append(legend)
     if grid.skipped:
         md.append("")
@@ -359,7 +359,7 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
             body.append(f"<tr><td>{e(s)}</td>{''.join(tds)}<td>{mean:.4f}</td></tr>")
         parts.append(f'<h2>{e(m)}</h2><table class="grid"><thead><tr><th>system</th>{head}</tr></thead>'
                      f"<tbody>{''.join(body)}</tbody></table>")  # fmt: skip
-    figs = "".join(f'<figure><img alt="{e(m)}" src="{_png(p)}"><figcaption>{e(m)} per column, 95% CI'
+    figs = "".join(f'<figure><img alt="{e(m)}" src="{png_data_uri(p)}"><figcaption>{e(m)} per column, 95% CI'
                    "</figcaption></figure>" for m, p in pngs)  # fmt: skip
     links = "".join(f'<li><a href="cells/{q}-{d}/index.html">{e(q)} queries → {e(d)} documents</a></li>'
                     for d, q in keys)  # fmt: skip
@@ -369,11 +369,11 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
         for s in grid.systems
     )
     skipped = "".join(f"<li>{e(s)}: {e(why)}</li>" for s, why in grid.skipped.items())
-    from rerank.eval.report import _CSS
+    from rerank.eval.report import REPORT_CSS
 
     how = command or _command(grid)
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(grid.title)}</title><style>{_CSS}</style></head><body>
+<html lang="en"><head><meta charset="utf-8"><title>{e(grid.title)}</title><style>{REPORT_CSS}</style></head><body>
 <h1>{e(grid.title)}</h1>
 <p>Rows: systems; columns: query language → document language. {e(legend)} Green: significantly better,
 red: significantly worse; hover a cell for the test results.</p>

@@ -58,11 +58,11 @@ def markdown_table(ev, comparisons: Mapping, baseline: str | None, *, test: str 
         lines.append("| " + " | ".join(cells) + " |")
     if baseline:
         lines.append("")
-        lines.append(_legend(baseline, test, alpha, len(ev.queries)))
+        lines.append(legend_text(baseline, test, alpha, len(ev.queries)))
     return "\n".join(lines) + "\n"
 
 
-def _legend(baseline: str, test: str, alpha: float, n: int) -> str:
+def legend_text(baseline: str, test: str, alpha: float, n: int) -> str:
     name = "paired two-sided t-test" if test == "t" else "paired randomisation test"
     return (
         f"{MARK}: different from {baseline} ({name}, Holm–Bonferroni across systems, p < {alpha}); "
@@ -124,7 +124,7 @@ def _plot_diff(ev, system: str, baseline: str, measure: str, path: Path) -> None
     plt.close(fig)
 
 
-def _png(path: Path) -> str:
+def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
@@ -142,7 +142,7 @@ def write_report(
     overwrite: bool = False,
 ) -> Path:
     """Write the report folder ``out`` (see the module docstring); returns its path."""
-    from rerank.collections._io import atomic_dir
+    from rerank.files import atomic_dir
 
     commands = commands or {}
     with atomic_dir(out, overwrite) as tmp:
@@ -209,7 +209,7 @@ def read_per_query(folder: str | os.PathLike, measure: str) -> dict[str, dict[st
     return per
 
 
-_CSS = """
+REPORT_CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{background:#f0f0f0}td.best{font-weight:bold}
@@ -243,9 +243,10 @@ def _html(ev, comparisons, baseline, commands, title, test, alpha, notes, plots)
                     cls.append("sig" if c.diff > 0 else "sigdown")
             cells.append(f'<td class="{" ".join(cls)}" title="{e(tip)}">{v:.4f}{mark}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    legend = _legend(baseline, test, alpha, len(ev.queries)) if baseline else f"{len(ev.queries)} queries."
+    legend = legend_text(baseline, test, alpha, len(ev.queries)) if baseline else f"{len(ev.queries)} queries."
     figs = "".join(
-        f'<figure><img alt="{e(cap)}" src="{_png(p)}"><figcaption>{e(cap)}</figcaption></figure>' for cap, p in plots
+        f'<figure><img alt="{e(cap)}" src="{png_data_uri(p)}"><figcaption>{e(cap)}</figcaption></figure>'
+        for cap, p in plots
     )
     cmds = "".join(
         f"<li><b>{e(s)}</b>: <code>{e(commands[s])}</code></li>"
@@ -256,7 +257,7 @@ def _html(ev, comparisons, baseline, commands, title, test, alpha, notes, plots)
     missing = [f"{s}: no results for {n} queries (scored 0)" for s, n in ev.missing.items() if n]
     extra = "".join(f"<li>{e(n)}</li>" for n in [*notes, *missing])
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title><style>{REPORT_CSS}</style></head>
 <body>
 <h1>{e(title)}</h1>
 <table id="results"><thead><tr><th>system</th>{head}</tr></thead><tbody>

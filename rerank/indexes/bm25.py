@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rerank import __version__, languages
-from rerank.collections._io import atomic_dir, check_readable, refuse_existing
 from rerank.errors import RerankError
+from rerank.files import atomic_dir, check_readable, refuse_existing
 from rerank.indexes import jvm
+from rerank.indexes.analyzers import analyzer_for, has_lucene
 from rerank.indexes.docstore import DocStore, write_docstore
 from rerank.indexes.tokenize import TOKENIZER_NAME, pretokenize
 from rerank.types import Document, Query, ScoredDoc
@@ -125,7 +126,7 @@ def build_index(
     ``java_reads``: a Pyserini-shaped JSONL file holding exactly ``docs``, which Lucene then reads
     itself while Python checks and stores the same documents (see :func:`index_file`)."""
     language = languages.resolve(lang)
-    analyzer = language.analyzer
+    analyzer = analyzer_for(language.code)
     threads = threads or min(4, os.cpu_count() or 1)
     jvm.start()
     from tqdm import tqdm
@@ -160,7 +161,7 @@ class _JavaDisagrees(Exception):
 
 def _lucene_args(tmp: Path, lang: str, threads: int) -> list[str]:
     args = ["-index", str(tmp / "lucene"), "-storePositions", "-storeDocvectors", "-threads", str(threads)]
-    return args + (["-language", lang] if lang in languages.LUCENE_ANALYZERS else ["-pretokenized"])
+    return args + (["-language", lang] if has_lucene(lang) else ["-pretokenized"])
 
 
 def _index_from_python(docs: Iterable[Document], tmp: Path, lang: str, analyzer: str, threads: int) -> int:
@@ -234,7 +235,7 @@ def _pyserini_shaped(path: Path) -> bool:
     """True when Lucene's JsonCollection reads ``path`` as we do: JSON lines with "id" and "contents"."""
     if not path.name.endswith((".jsonl", ".jsonl.gz")):
         return False
-    from rerank.collections._io import numbered_lines
+    from rerank.files import numbered_lines
 
     for _, line in numbered_lines(path, "documents file"):
         if line.strip():
@@ -269,7 +270,7 @@ def index_file(
     refuse_existing(Path(out), overwrite)  # before any pass over the file
     kw = dict(overwrite=overwrite, threads=threads, k1=k1, b=b, source=p, progress=progress)
     total = _count_lines(p) if progress and p.name.endswith((".jsonl", ".jsonl.gz")) else None
-    if language.lucene and _pyserini_shaped(p):
+    if has_lucene(language.code) and _pyserini_shaped(p):
         try:
             return build_index(read_docs(p), out, language.code, total=total, java_reads=p, **kw)
         except _JavaDisagrees:
@@ -278,7 +279,7 @@ def index_file(
 
 
 def _count_lines(path: Path) -> int | None:
-    from rerank.collections._io import open_text
+    from rerank.files import open_text
 
     try:
         with open_text(path) as f:

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from rerank import __version__
-from rerank.collections._io import atomic_dir
 from rerank.errors import RerankError
+from rerank.files import atomic_dir
 from rerank.types import Query, ScoredDoc
 
 DENSE_DIR = "dense"
@@ -74,7 +74,7 @@ def read_dense_meta(index_dir: str | os.PathLike) -> DenseMeta:
 def _faiss(threads: int | None = None):
     import faiss
 
-    from rerank.scoring.runtime import cpu_threads
+    from rerank.backbone.runtime import cpu_threads
 
     faiss.omp_set_num_threads(threads or cpu_threads())
     return faiss

@@ -46,7 +46,7 @@ class Entry:
 def modules_home() -> Path | None:
     """Where the shipped modules are: ``$RERANK_MODULES``; else ``<checkout>/modules`` when the package runs
     from a source checkout; else ``<rerank home>/modules`` (the user cache). None when the folder is absent."""
-    from rerank.backbone._files import rerank_home
+    from rerank.backbone.files import rerank_home
 
     env = os.environ.get("RERANK_MODULES", "").strip()
     if env:

@@ -63,7 +63,7 @@ class ComposedModel:
 
         if model is None or isinstance(model, str | os.PathLike):
             from rerank.backbone import resolve_model
-            from rerank.scoring.runtime import load_weights, pick_device
+            from rerank.backbone.runtime import load_weights, pick_device
 
             info = resolve_model(model)
             model = load_weights(info.path, head=info.has_head, device=pick_device(device))

@@ -18,8 +18,8 @@ from functools import cached_property
 from pathlib import Path
 
 from rerank import __version__
-from rerank.collections._io import atomic_dir
 from rerank.errors import RerankError
+from rerank.files import atomic_dir
 from rerank.modules import kinds
 from rerank.modules.kinds.base import LOW_BITS, hash_tensors
 

@@ -93,7 +93,7 @@ def export_peft(
     the module carries a classification head."""
     from safetensors.torch import save_file
 
-    from rerank.collections._io import atomic_dir
+    from rerank.files import atomic_dir
 
     cfg = module.config
     extras = module.extras
@@ -141,7 +141,7 @@ def from_adapters(
 
 def backbone_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Encoder parameter shapes of a model folder, read from its safetensors headers (no weights loaded)."""
-    from rerank.backbone._files import safetensors_header, weight_files
+    from rerank.backbone.files import safetensors_header, weight_files
     from rerank.backbone.fingerprints import encoder_name
 
     shapes = {}

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rerank.backbone.runtime import load_tokenizer, load_weights, pick_device
 from rerank.errors import RerankError, warn
 from rerank.scoring.batching import length_sorted_batches, pad_batch
 from rerank.scoring.encoder import resolve
-from rerank.scoring.runtime import load_tokenizer, load_weights, pick_device
 
 DEFAULT_MAX_LENGTH = 256
 MIN_DOC_TOKENS = 16
@@ -195,7 +195,7 @@ def init_cross_encoder(backbone, out: str | Path, *, seed: int = 0, overwrite: b
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from rerank.collections._io import atomic_dir
+    from rerank.files import atomic_dir
 
     info = resolve(backbone)
     cfg = AutoConfig.from_pretrained(str(info.path), local_files_only=True, num_labels=1)

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rerank.backbone.runtime import load_tokenizer, load_weights, pick_device
 from rerank.errors import RerankError, warn
 from rerank.scoring.batching import length_sorted_batches, pad_batch
-from rerank.scoring.runtime import load_tokenizer, load_weights, pick_device
 
 
 def resolve(model):

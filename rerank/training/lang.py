@@ -75,9 +75,9 @@ def train_language_module(
     checkpoints (default ``<out>.work``), so an interrupted run resumes."""
     from rerank import languages
     from rerank.backbone import resolve_model
-    from rerank.collections._io import refuse_existing
+    from rerank.backbone.runtime import load_tokenizer, load_weights
+    from rerank.files import refuse_existing
     from rerank.modules.format import Module, ModuleConfig, save_module
-    from rerank.scoring.runtime import load_tokenizer, load_weights
     from rerank.training.mlm import MaskedBatches, MLMHead, mlm_loss, restricted_vocab
     from rerank.training.text import check_script, read_texts, split_dev
 

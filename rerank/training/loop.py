@@ -158,7 +158,7 @@ def _save_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog, step:
     which the run restores at its end (without it a resumed run would end with another state)."""
     from safetensors.torch import save_file
 
-    from rerank.collections._io import atomic_dir
+    from rerank.files import atomic_dir
 
     tensors = {f"param.{n}": p.detach().contiguous() for n, p in zip(names, plist, strict=True)}
     if best is not None and log.best_dev is not None:

@@ -87,8 +87,8 @@ def make_pairs(
     from tqdm import tqdm
 
     from rerank import languages
-    from rerank.collections._io import atomic_write, refuse_existing
     from rerank.collections.docs import read_docs
+    from rerank.files import atomic_write, refuse_existing
     from rerank.indexes.bm25 import BM25Index, index_file
     from rerank.types import ScoredDoc
 
@@ -193,10 +193,10 @@ def pairs_from_qrels(
     import numpy as np
     from tqdm import tqdm
 
-    from rerank.collections._io import atomic_write, refuse_existing
     from rerank.collections.splits import check_disjoint, read_answers
     from rerank.collections.topics import read_topics
     from rerank.collections.trec import read_qrels
+    from rerank.files import atomic_write, refuse_existing
     from rerank.pipeline import FIRST_STAGES, Pipeline
 
     if first_stage not in FIRST_STAGES:
@@ -327,7 +327,7 @@ def read_pairs(path: str | os.PathLike, max_queries: int | None = None) -> list[
     """Training queries from our JSONL, TSV triples (query, positive, negative; grouped by query), or an
     ``ir_datasets`` id with document pairs (e.g. ``msmarco-passage/train/triples-small``) that is already
     downloaded. ``max_queries``: read no more (an ir_datasets triples file can hold 40M pairs)."""
-    from rerank.collections._io import json_lines, numbered_lines
+    from rerank.files import json_lines, numbered_lines
 
     p = Path(path)
     rows: list[dict] = []

@@ -271,12 +271,12 @@ def train_task_module(
     from rerank import languages
     from rerank.backbone import resolve_model
     from rerank.backbone.fingerprints import strip_base_prefix
-    from rerank.collections._io import refuse_existing
+    from rerank.backbone.runtime import load_tokenizer, load_weights
     from rerank.errors import warn
+    from rerank.files import refuse_existing
     from rerank.modules.compose import ComposedModel
     from rerank.modules.format import Module, ModuleConfig, load_module, save_module
     from rerank.scoring.cross import init_cross_encoder
-    from rerank.scoring.runtime import load_tokenizer, load_weights
     from rerank.training.pairs import read_pairs
 
     kinds.get(cfg.kind)
@@ -496,7 +496,7 @@ def _save_work_state(work: Path, facts: dict, head: dict) -> None:
 
     from safetensors.torch import save_file
 
-    from rerank.collections._io import atomic_dir
+    from rerank.files import atomic_dir
 
     with atomic_dir(work / "start", overwrite=True) as tmp:
         save_file({n: p.detach().contiguous() for n, p in head.items()}, str(tmp / "head.safetensors"))

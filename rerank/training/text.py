@@ -27,8 +27,8 @@ def read_texts(paths: Sequence[str | os.PathLike], min_chars: int = MIN_CHARS) -
     """Documents from plain-text files: blank-line separated when a file has blank lines between text,
     else one per line; or from a document collection (JSONL or SGML, as ``rerank index`` reads: each
     document's title and text). Refuses missing, empty or tiny text."""
-    from rerank.collections._io import numbered_lines
     from rerank.collections.docs import read_docs
+    from rerank.files import numbered_lines
 
     docs: list[str] = []
     for path in paths:

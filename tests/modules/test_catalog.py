@@ -23,9 +23,9 @@ def task_module(cm, seed=9, trained_on="shira"):
 def shipped(tiny_bert, tmp_path_factory):
     """A modules/ folder for the tiny backbone: en, ky (shira) and ky (lora) language modules, one task module,
     and a module for another backbone."""
+    from rerank.backbone.runtime import load_weights
     from rerank.modules.compose import ComposedModel
     from rerank.modules.format import save_module
-    from rerank.scoring.runtime import load_weights
 
     home = tmp_path_factory.mktemp("modules")
     cm = ComposedModel(load_weights(tiny_bert, head=True, device=torch.device("cpu"), new_head=True))
@@ -62,10 +62,10 @@ def test_a_task_module_trained_on_the_bare_backbone_is_stacked_alone(shipped, ti
     import shutil
 
     from rerank.backbone import resolve_model
+    from rerank.backbone.runtime import load_weights
     from rerank.modules.catalog import default_stack
     from rerank.modules.compose import ComposedModel
     from rerank.modules.format import save_module
-    from rerank.scoring.runtime import load_weights
 
     home = tmp_path / "modules"
     shutil.copytree(shipped, home)

@@ -61,7 +61,7 @@ def test_every_kind_trains_a_module_the_engine_composes(kind, ky_text, tiny_bert
 def test_the_head_learns(ky_text, tiny_bert):
     """The restricted-vocabulary head alone, encoder frozen, lowers the dev loss (it learns at least the
     language's piece frequencies)."""
-    from rerank.scoring.runtime import load_tokenizer, load_weights
+    from rerank.backbone.runtime import load_tokenizer, load_weights
     from rerank.training.loop import LoopConfig, train
     from rerank.training.mlm import MaskedBatches, MLMHead, mlm_loss, restricted_vocab
     from rerank.training.text import read_texts, split_dev
@@ -153,8 +153,8 @@ def test_bad_input(ky_text, tiny_bert, tmp_path, capsys):
 def test_embedding_rows_delta_equals_the_parametrized_matrix(tiny_bert):
     """The hooked row delta (no full matrix) gives the same embeddings and decoder rows as writing the
     delta into the matrix."""
+    from rerank.backbone.runtime import load_weights
     from rerank.modules import deltas as sparse
-    from rerank.scoring.runtime import load_weights
     from rerank.training.mlm import MLMHead
 
     enc = load_weights(tiny_bert, head=False, device=torch.device("cpu"))

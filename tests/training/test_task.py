@@ -75,7 +75,7 @@ def test_task_modules_train_and_stack_with_a_language_module(kind, loss, pairs_f
     r = m.config.recipe
     assert m.config.role == "task" and m.config.kind == kind and r["loss"] == loss and r["language_module"]["path"]
     assert {"classifier.weight", "pooler.dense.weight"} <= set(m.extras) and r["steps"] >= 2
-    from rerank.scoring.runtime import load_weights
+    from rerank.backbone.runtime import load_weights
 
     start = load_weights(cross, head=True, device=torch.device("cpu"))  # the head training started from
     assert not torch.equal(m.extras["classifier.weight"], start.classifier.weight.detach())  # the head learned
@@ -169,7 +169,7 @@ def test_the_list_aware_head_trains_and_scores_each_candidate_in_the_context_of_
 
 
 def test_group_scores_in_micro_batches_equal_one_padded_batch(pairs_file, tiny_cross):
-    from rerank.scoring.runtime import load_tokenizer, load_weights
+    from rerank.backbone.runtime import load_tokenizer, load_weights
     from rerank.training.pairs import read_pairs
     from rerank.training.task import group_scores
 
