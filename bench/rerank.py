@@ -149,7 +149,7 @@ def bench_cross(folder: Path, pairs, repeats: int) -> dict:
 def gemm_flops(n: int = 2048, reps: int = 10) -> float:
     import torch
 
-    from rerank.scoring.runtime import pick_device
+    from rerank.backbone.runtime import pick_device
 
     pick_device("cpu")
     a, b = torch.randn(n, n), torch.randn(n, n)

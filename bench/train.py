@@ -37,8 +37,8 @@ def child(kind: str, steps: int, batch: int, seq_len: int, rank: int) -> dict:
     import torch
 
     from rerank.backbone import default_backbone
+    from rerank.backbone.runtime import load_tokenizer, load_weights
     from rerank.modules import deltas as sparse
-    from rerank.scoring.runtime import load_tokenizer, load_weights
     from rerank.training.mlm import MaskedBatches, MLMHead, mlm_loss, restricted_vocab
     from rerank.training.text import read_texts
 
