@@ -194,11 +194,13 @@ grid: $(INDEXES)
 	$(BIN)/rerank eval grid eval/grid.toml --out reports/grid
 
 test: $(DATA) browser
-	$(BIN)/ruff check rerank tests bench
+	$(BIN)/ruff check rerank tests bench eval
+	$(BIN)/ruff format --check rerank tests bench eval
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check rerank tests bench
+	$(BIN)/ruff check rerank tests bench eval
+	$(BIN)/ruff format --check rerank tests bench eval
 
 bench: $(INDEXES)
 	$(BIN)/python bench/bm25.py

@@ -161,9 +161,7 @@ def bench_search_cli(index: Path, topics: Path, work: Path, repeats: int, thread
     theirs += [str(topics), "--output", str(work / "run-theirs.trec"), "--hits", str(k), "--bm25", "--language"]
     theirs += ["en", "--threads", str(threads), "--batch-size", "256"]
     t_ours, t_theirs = paired(
-        repeats,
-        command(ours, remove=work / "run-ours.trec"),
-        command(theirs, env, remove=work / "run-theirs.trec"),
+        repeats, command(ours, remove=work / "run-ours.trec"), command(theirs, env, remove=work / "run-theirs.trec")
     )
     return summary(t_ours, t_theirs, n, "queries")
 

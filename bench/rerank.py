@@ -255,8 +255,12 @@ def bench_latency(n: int) -> dict:
 
     queries = [q.text for q in read_topics(DATA / "topics.ky.tsv", "tsv")][:n]
     out = {}
-    for index, kwargs in (("udhr-en", {}), ("udhr-ky", {}), ("udhr-ky", {"first_stage": "hybrid", "reranker": "bi"}),
-                          ("udhr-en", {"reranker": "cross"})):
+    for index, kwargs in (
+        ("udhr-en", {}),
+        ("udhr-ky", {}),
+        ("udhr-ky", {"first_stage": "hybrid", "reranker": "bi"}),
+        ("udhr-en", {"reranker": "cross"}),
+    ):
         with Pipeline(ROOT / "indexes" / index, **kwargs) as pipe:
             system = str(pipe.plan("ky")).split(" (")[0]
             system += f"+{pipe.reranker_kind} top {pipe.depth}" if pipe.reranker_kind != "none" else ""

@@ -159,9 +159,14 @@ def random_module(shapes: dict, rank: int, seed: int, fp: str, name: str, lang: 
         touched += out_f * in_f
     n = sum(i.numel() for i, _ in entries.values())
     cfg = ModuleConfig(
-        kind="shira", role="language", language=lang, base_model=name, base_fingerprint=fp, density=n / touched,
+        kind="shira",
+        role="language",
+        language=lang,
+        base_model=name,
+        base_fingerprint=fp,
+        density=n / touched,
         shapes={w: list(shapes[w]) for w in entries},
-    )  # fmt: skip
+    )
     return Module(cfg, SparseEntries(entries))
 
 

@@ -51,9 +51,20 @@ def rows_of(report: Path, measure: str, systems: list[str] | None, against: str 
                 continue
             qids = sorted(set(per[s]) & set(per[best]))
             x, b = np.array([per[s][q] for q in qids]), np.array([per[best][q] for q in qids])
-            out.append({"report": report.name, "column": column, "n": len(qids), "first_stage": best,
-                        "first": float(b.mean()), "system": s, "value": float(x.mean()), "diff": float((x - b).mean()),
-                        "p": paired_t_p(x, b), "goal": goal(float(b.mean()))})  # fmt: skip
+            out.append(
+                {
+                    "report": report.name,
+                    "column": column,
+                    "n": len(qids),
+                    "first_stage": best,
+                    "first": float(b.mean()),
+                    "system": s,
+                    "value": float(x.mean()),
+                    "diff": float((x - b).mean()),
+                    "p": paired_t_p(x, b),
+                    "goal": goal(float(b.mean())),
+                }
+            )
     return out
 
 
@@ -73,8 +84,10 @@ def main() -> None:
         for r in rows_of(report, m, systems, args.against):
             # the goal: reached, and significant where the set has 100 queries or more
             met = "yes" if r["value"] >= r["goal"] and (r["n"] < 100 or r["p"] < 0.05) else "no"
-            print(f"| {r['report']} | {r['column']} | {r['n']} | {r['first_stage']} | {r['first']:.3f} "
-                  f"| {r['system']} | {r['value']:.3f} | {r['diff']:+.3f} | {r['p']:.3g} | {r['goal']:.3f} | {met} |")
+            print(
+                f"| {r['report']} | {r['column']} | {r['n']} | {r['first_stage']} | {r['first']:.3f} "
+                f"| {r['system']} | {r['value']:.3f} | {r['diff']:+.3f} | {r['p']:.3g} | {r['goal']:.3f} | {met} |"
+            )
 
 
 if __name__ == "__main__":

@@ -75,16 +75,21 @@ def catalog_rows(folder: Path) -> None:
         else:
             data = f"{Path(str(d.get('pairs') or d.get('ir_datasets'))).name} ({d.get('train_queries', 0):,} queries)"
             probe = r.get("dev_mrr_after_probe")
-            dev = f"MRR {r.get('dev_mrr_before')} → {probe} (probe) → {r.get('dev_mrr_best')}" if probe else \
-                f"MRR {r.get('dev_mrr_before')} → {r.get('dev_mrr_best')}"
+            dev = (
+                f"MRR {r.get('dev_mrr_before')} → {probe} (probe) → {r.get('dev_mrr_best')}"
+                if probe
+                else f"MRR {r.get('dev_mrr_before')} → {r.get('dev_mrr_best')}"
+            )
             if r.get("fusion"):
                 f = r["fusion"]
                 w = f["first_stage_weight"]
                 dev += f"; bi-encoder {r.get('dev_mrr_teacher')}; fused (weight {w:g}) {f['dev_mrr']}"
         size = module_size(cfg_file.parent) / 1e6
         minutes = r.get("seconds", 0) / 60
-        print(f"| {cfg_file.parent.name} | {c['kind']} | {data} | {r.get('steps')} | {minutes:.1f} min | {dev} "
-              f"| {c.get('bits') or 32} | {size:.2f} MB |")
+        print(
+            f"| {cfg_file.parent.name} | {c['kind']} | {data} | {r.get('steps')} | {minutes:.1f} min | {dev} "
+            f"| {c.get('bits') or 32} | {size:.2f} MB |"
+        )
 
 
 def lang_effect(report: Path, doc: str = "en", measure: str = "nDCG@10") -> list[dict]:
@@ -110,22 +115,39 @@ def lang_effect(report: Path, doc: str = "en", measure: str = "nDCG@10") -> list
             a, b = per[system], per[f"task+lang:{kind}"]
             qids = sorted(set(a) & set(b))
             x, y = np.array([a[i] for i in qids]), np.array([b[i] for i in qids])
-            rows.append({"kind": kind, "lang": q, "task": float(x.mean()), "task+lang": float(y.mean()),
-                         "diff": float((y - x).mean()), "p": paired_t_p(y, x), "n": len(qids)})
+            rows.append(
+                {
+                    "kind": kind,
+                    "lang": q,
+                    "task": float(x.mean()),
+                    "task+lang": float(y.mean()),
+                    "diff": float((y - x).mean()),
+                    "p": paired_t_p(y, x),
+                    "n": len(qids),
+                }
+            )
     if rows:
         for r, ph in zip(rows, multipletests([r["p"] for r in rows], method="holm")[1], strict=True):
             r["p_holm"] = float(ph)
     kinds = ("shira", "lora", "adapter", "sft")
-    return sorted(rows, key=lambda r: (kinds.index(r["kind"]) if r["kind"] in kinds else len(kinds), r["kind"],
-                                       LANGS.index(r["lang"])))
+    return sorted(
+        rows,
+        key=lambda r: (
+            kinds.index(r["kind"]) if r["kind"] in kinds else len(kinds),
+            r["kind"],
+            LANGS.index(r["lang"]),
+        ),
+    )
 
 
 def print_lang_effect(rows: list[dict], measure: str = "nDCG@10") -> None:
     print(f"| kind | query language | task {measure} | task+lang {measure} | difference | p (t) | p (Holm) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['kind']} | {r['lang']} | {r['task']:.3f} | {r['task+lang']:.3f} | {r['diff']:+.3f} "
-              f"| {r['p']:.3f} | {r['p_holm']:.3f} |")
+        print(
+            f"| {r['kind']} | {r['lang']} | {r['task']:.3f} | {r['task+lang']:.3f} | {r['diff']:+.3f} "
+            f"| {r['p']:.3f} | {r['p_holm']:.3f} |"
+        )
 
 
 def main() -> None:
@@ -135,8 +157,11 @@ def main() -> None:
     ap.add_argument("--trained", type=Path, default=ROOT / "runs" / "modules")
     ap.add_argument("--shipped", type=Path, default=ROOT / "modules")
     ap.add_argument("--doc", default="en", help="document language of the columns")
-    ap.add_argument("--lang-effect", action="store_true",
-                    help="print task vs task+lang per kind and query language (paired t-test, Holm) instead")
+    ap.add_argument(
+        "--lang-effect",
+        action="store_true",
+        help="print task vs task+lang per kind and query language (paired t-test, Holm) instead",
+    )
     a = ap.parse_args()
     if a.catalog:
         catalog_rows(a.catalog)

@@ -44,8 +44,11 @@ class FirstStage:
     weights: tuple[float, float] = (1.0, 1.0)
 
     def __str__(self) -> str:
-        return f"hybrid (RRF, weights bm25 {self.weights[0]:g} : dense {self.weights[1]:g})" \
-            if self.kind == "hybrid" else self.kind
+        return (
+            f"hybrid (RRF, weights bm25 {self.weights[0]:g} : dense {self.weights[1]:g})"
+            if self.kind == "hybrid"
+            else self.kind
+        )
 
 
 def choose_first_stage(query_lang: str | None, doc_lang: str, has_dense: bool) -> FirstStage:
@@ -85,18 +88,23 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.first_stage not in FIRST_STAGES:
-            raise RerankError(f"unknown first stage {self.first_stage!r}",
-                              hint=f"use one of: {', '.join(FIRST_STAGES)}")  # fmt: skip
+            raise RerankError(
+                f"unknown first stage {self.first_stage!r}", hint=f"use one of: {', '.join(FIRST_STAGES)}"
+            )
         if self.reranker not in RERANKERS:
             raise RerankError(f"unknown reranker {self.reranker!r}", hint=f"use one of: {', '.join(RERANKERS)}")
         if self.depth is not None and self.depth < 1:
-            raise RerankError(f"rerank depth must be ≥ 1, not {self.depth}",
-                              hint="e.g. 20 for a cross-encoder, 100 for the bi-encoder")  # fmt: skip
+            raise RerankError(
+                f"rerank depth must be ≥ 1, not {self.depth}",
+                hint="e.g. 20 for a cross-encoder, 100 for the bi-encoder",
+            )
         if self.fusion_weights is not None and self.first_stage not in ("hybrid", "auto"):
             raise RerankError("fusion weights apply only to --first-stage hybrid", hint="drop --fusion-weights")
         if self.fusion_weights is not None and len(self.fusion_weights) != 2:
-            raise RerankError(f"{len(self.fusion_weights)} fusion weights given; hybrid fuses two runs (bm25, dense)",
-                              hint="e.g. --fusion-weights 0.25,1")  # fmt: skip
+            raise RerankError(
+                f"{len(self.fusion_weights)} fusion weights given; hybrid fuses two runs (bm25, dense)",
+                hint="e.g. --fusion-weights 0.25,1",
+            )
         if self.fusion_weights is not None:
             object.__setattr__(self, "fusion_weights", tuple(float(w) for w in self.fusion_weights))
         weight = self.first_stage_weight
@@ -201,13 +209,18 @@ class Pipeline:
         self.module_density = settings.module_density
         self.module_rank = settings.module_rank
         if self.modules and settings.reranker == "none":
-            raise RerankError("modules specialise the reranker; with --reranker none they would do nothing",
-                              hint="pick a reranker (bi or cross) or drop --modules")
+            raise RerankError(
+                "modules specialise the reranker; with --reranker none they would do nothing",
+                hint="pick a reranker (bi or cross) or drop --modules",
+            )
         if settings.reranker != "none":
             self.reranker  # load now: a bad --model is reported before any searching  # noqa: B018
         if settings.reranker == "auto":
             self._settle_auto_reranker()
-        for path in dict.fromkeys(p for mods in self.modules.values() for p in mods):
+        every = list(dict.fromkeys(p for mods in self.modules.values() for p in mods))
+        if every:
+            self.reranker.prepare_for(every)
+        for path in every:
             self.composer.load(path)  # a bad module is reported now, before any searching
         self.depth = settings.depth or (CROSS_DEPTH if self.reranker_kind == "cross" else DEFAULT_DEPTH)
         self._weights = {mods: self._fusion_weight(mods) for mods in set(self.modules.values())}
@@ -248,8 +261,13 @@ class Pipeline:
         if self._reranker is None and self.reranker_kind != "none":
             from rerank.scoring.reranker import Reranker
 
-            self._reranker = Reranker(self._model, self.reranker_kind, device=self.device, max_length=self.max_length,
-                                      head_from_module=self._heads_from_modules)  # fmt: skip
+            self._reranker = Reranker(
+                self._model,
+                self.reranker_kind,
+                device=self.device,
+                max_length=self.max_length,
+                head_from_module=self._heads_from_modules,
+            )
         return self._reranker
 
     def _settle_auto_reranker(self) -> None:
@@ -259,8 +277,14 @@ class Pipeline:
 
         rr = self.reranker
         self.reranker_kind = rr.kind
-        if rr.kind == "bi" and self.has_dense and self.first_stage != "bm25" and not self.modules \
-                and self._dense_model is None and read_dense_meta(self.path).fingerprint == rr.info.fingerprint:
+        if (
+            rr.kind == "bi"
+            and self.has_dense
+            and self.first_stage != "bm25"
+            and not self.modules
+            and self._dense_model is None
+            and read_dense_meta(self.path).fingerprint == rr.info.fingerprint
+        ):
             self.reranker_kind = "none"
 
     @property
@@ -270,8 +294,13 @@ class Pipeline:
 
             enc = None
             rr = self._reranker
-            if rr is not None and rr.kind == "bi" and self._dense_model is None and not self.modules \
-                    and rr.info.fingerprint == read_dense_meta(self.path).fingerprint:
+            if (
+                rr is not None
+                and rr.kind == "bi"
+                and self._dense_model is None
+                and not self.modules
+                and rr.info.fingerprint == read_dense_meta(self.path).fingerprint
+            ):
                 enc = rr.scorer.encoder  # one backbone in memory when the bi-encoder is the dense model
             self._dense = DenseIndex(self.path, enc, model=self._dense_model)
         return self._dense
@@ -300,12 +329,14 @@ class Pipeline:
             raise RerankError("empty query", hint="give the query some words")
         return self.batch_search([Query("q1", query, lang or "")], k=k)["q1"]
 
-    def batch_search(self, queries: Sequence[Query], k: int = 100, *, progress: bool = False,
-                     threads: int = 2) -> dict[str, list[ScoredDoc]]:
+    def batch_search(
+        self, queries: Sequence[Query], k: int = 100, *, progress: bool = False, threads: int = 2
+    ) -> dict[str, list[ScoredDoc]]:
         return self.run(queries, k, progress=progress, threads=threads)[0]
 
-    def first_stage_run(self, queries: Sequence[Query], k: int, *, progress: bool = False,
-                        threads: int = 2) -> dict[str, list[ScoredDoc]]:
+    def first_stage_run(
+        self, queries: Sequence[Query], k: int, *, progress: bool = False, threads: int = 2
+    ) -> dict[str, list[ScoredDoc]]:
         """The first stage's top ``k`` per query id (queries grouped by the stage their language plans)."""
         return self._first_stage(_canonical(queries), k, progress=progress, threads=threads)
 
@@ -320,8 +351,9 @@ class Pipeline:
             out |= stage.batch_search(qs, k, progress=progress, threads=threads)
         return {q.query_id: out.get(q.query_id, []) for q in queries}
 
-    def run(self, queries: Sequence[Query], k: int = 100, *, progress: bool = False,
-            threads: int = 2) -> tuple[dict[str, list[ScoredDoc]], dict[str, list[ScoredDoc]]]:
+    def run(
+        self, queries: Sequence[Query], k: int = 100, *, progress: bool = False, threads: int = 2
+    ) -> tuple[dict[str, list[ScoredDoc]], dict[str, list[ScoredDoc]]]:
         """(final results, first-stage results) per query id."""
         from tqdm.auto import tqdm
 
@@ -339,11 +371,16 @@ class Pipeline:
         groups: dict[tuple, list[Query]] = {}
         for q in queries:
             groups.setdefault(self._modules_code(q.lang), []).append(q)
-        with tqdm(total=len(queries), desc=f"reranking ({self.reranker.kind})", unit="query",
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=len(queries),
+            desc=f"reranking ({self.reranker.kind})",
+            unit="query",
+            disable=not progress,
+            leave=False,
+        ) as bar:
             for mods, qs in groups.items():
                 if self.modules:
-                    self.composer.switch(list(mods), self.module_density, self.module_rank)
+                    self.reranker.use_modules(list(mods), self.module_density, self.module_rank)
                 weight = self.fusion_weight(mods)
                 for q in qs:
                     cands = first[q.query_id][: self.depth]
@@ -367,8 +404,9 @@ class Pipeline:
 
         code = languages.code(lang) if lang else ""
         mods = self._modules_code(code) if self.reranker_kind != "none" else ()
-        return SearchPlan(code, self._plan_code(code or None), self.reranker_kind, self.depth, mods,
-                          self.fusion_weight(mods))  # fmt: skip
+        return SearchPlan(
+            code, self._plan_code(code or None), self.reranker_kind, self.depth, mods, self.fusion_weight(mods)
+        )
 
     @property
     def composer(self):
@@ -395,8 +433,7 @@ class Pipeline:
                 return cfg.fusion.first_stage_weight
         return 0.0
 
-    def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc], weight: float = 0.0,
-                ) -> list[ScoredDoc]:
+    def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc], weight: float = 0.0) -> list[ScoredDoc]:
         if not cands:
             return []
         rr = self.reranker
@@ -404,8 +441,9 @@ class Pipeline:
             ranked = self._bi_from_index(q, cands)  # same backbone: the stored vectors are the embeddings
         else:
             docs = self.bm25.docstore.get_many([c.doc_id for c in cands])
-            ranked = rr.rerank(q.query_id, q.text, cands, {d: doc.contents for d, doc in docs.items()},
-                               prior=self._prior(q, cands))  # fmt: skip
+            ranked = rr.rerank(
+                q.query_id, q.text, cands, {d: doc.contents for d, doc in docs.items()}, prior=self._prior(q, cands)
+            )
         if weight > 0:
             from rerank.indexes.fusion import rrf
 

@@ -109,3 +109,17 @@ def tiny_dense_index(en_index: Path, tiny_bert: Path, tmp_path_factory: pytest.T
     shutil.copytree(en_index, out)
     build_dense(out, model=tiny_bert, progress=False)
     return out
+
+
+@pytest.fixture()
+def cli(capsys):
+    """Run ``rerank ARGS…`` in-process: returns (exit code, stdout, stderr)."""
+    from rerank.cli.main import main
+
+    def run(*args):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return e.value.code, cap.out, cap.err
+
+    return run

@@ -125,8 +125,16 @@ def test_settings_are_one_record_and_auto_is_resolved_once_into_a_plan(index, ti
     from rerank.cli.main import main
     from rerank.pipeline import Pipeline, SearchSettings
 
-    s = SearchSettings.from_record({"name": "x", "first_stage": "hybrid", "fusion_weights": [0.25, 1],
-                                    "module_density": "0.5%", "depth": "15", "reranker": "bi"})  # fmt: skip
+    s = SearchSettings.from_record(
+        {
+            "name": "x",
+            "first_stage": "hybrid",
+            "fusion_weights": [0.25, 1],
+            "module_density": "0.5%",
+            "depth": "15",
+            "reranker": "bi",
+        }
+    )
     assert (s.fusion_weights, s.module_density, s.depth, s.modules) == ((0.25, 1.0), 0.005, 15, None)
     with pytest.raises(RerankError, match="fusion weights apply only"):
         SearchSettings(first_stage="bm25", fusion_weights=(1, 1))

@@ -18,9 +18,7 @@ def test_records_are_what_ir_measures_computes_on():
     ]
     ours = ir_measures.calc_aggregate([MAP, nDCG @ 10, P @ 1], qrels, run)
     theirs = ir_measures.calc_aggregate(
-        [MAP, nDCG @ 10, P @ 1],
-        [ir_measures.Qrel(*q) for q in qrels],
-        [ir_measures.ScoredDoc(*r) for r in run],
+        [MAP, nDCG @ 10, P @ 1], [ir_measures.Qrel(*q) for q in qrels], [ir_measures.ScoredDoc(*r) for r in run]
     )
     assert ours == theirs
     assert ours[MAP] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 0) / 2)

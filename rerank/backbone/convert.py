@@ -181,9 +181,7 @@ def build_tokenizer(f: E5File):
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     bos, eos = f.pieces[f.bos], f.pieces[f.eos]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}",
-        pair=f"{bos} $A {eos} {eos} $B {eos}",
-        special_tokens=[(bos, f.bos), (eos, f.eos)],
+        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}", special_tokens=[(bos, f.bos), (eos, f.eos)]
     )
     specials = [f.pieces[i] for i in (f.bos, f.pad, f.eos, f.unk)]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])

@@ -51,8 +51,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-OUT_OF_MEMORY = ("out of memory — use a smaller --batch-size / --batch-queries (with --grad-accum to keep the "
-                 "batch), or a shorter --seq-len / --max-length")
+OUT_OF_MEMORY = (
+    "out of memory — use a smaller --batch-size / --batch-queries (with --grad-accum to keep the "
+    "batch), or a shorter --seq-len / --max-length"
+)
 
 
 def user_errors(fn: F) -> F:

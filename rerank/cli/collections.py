@@ -42,9 +42,13 @@ def build_lohelp(
     ] = None,
     dev_fraction: Annotated[
         float | None,
-        typer.Option("--dev-fraction", min=0.0, max=0.5,
-                     help="Leave out the pages the cross-lingual dev sets are cut from (this hash share; 0: none)."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--dev-fraction",
+            min=0.0,
+            max=0.5,
+            help="Leave out the pages the cross-lingual dev sets are cut from (this hash share; 0: none).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
 ) -> None:
     """Build training text (one document per help-page section) from LibreOffice's help."""
@@ -62,9 +66,11 @@ def build_lohelp(
 def build_qa(
     source: Annotated[
         Path,
-        typer.Option("--qa", help="Question–passage data: QED / Natural Questions JSON lines, SQuAD JSON, or a "
-                     "folder of such files."),
-    ],  # fmt: skip
+        typer.Option(
+            "--qa",
+            help="Question–passage data: QED / Natural Questions JSON lines, SQuAD JSON, or a folder of such files.",
+        ),
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="The collection folder to write.")],
     lang: Annotated[str, typer.Option("--lang", help="The language of questions and passages.")] = "en",
     name: Annotated[str, typer.Option("--name", help="Prefix of document and query ids.")] = "qed",
@@ -78,14 +84,23 @@ def build_qa(
     from rerank.collections.qa import build_qa_collection, qa_files, read_qa
 
     files = qa_files(source)
-    facts = build_qa_collection(read_qa(source), out_dir, lang=lang, dev_fraction=dev_fraction, name=name,
-                                source=", ".join(str(f.resolve()) for f in files), overwrite=overwrite)  # fmt: skip
+    facts = build_qa_collection(
+        read_qa(source),
+        out_dir,
+        lang=lang,
+        dev_fraction=dev_fraction,
+        name=name,
+        source=", ".join(str(f.resolve()) for f in files),
+        overwrite=overwrite,
+    )
     out.print(f"built {out_dir}: {facts['documents']:,} passages; topics {_counts(facts)}")
 
 
 def _counts(facts: dict) -> str:
-    return "; ".join(f"{s} " + ", ".join(f"{lang} {n:,}" for lang, n in sorted(by.items()))
-                     for s, by in sorted(facts["topics"].items()))  # fmt: skip
+    return "; ".join(
+        f"{s} " + ", ".join(f"{lang} {n:,}" for lang, n in sorted(by.items()))
+        for s, by in sorted(facts["topics"].items())
+    )
 
 
 @app.command("build-parallel")
@@ -101,8 +116,11 @@ def build_parallel(
     ] = [],  # noqa: B006
     lohelp: Annotated[
         list[str],
-        typer.Option("--lohelp", help="LANG=FOLDER: an extracted LibreOffice help (…/help/tr), aligned with "
-                     "--lohelp-en by paragraph id; repeatable."),
+        typer.Option(
+            "--lohelp",
+            help="LANG=FOLDER: an extracted LibreOffice help (…/help/tr), aligned with "
+            "--lohelp-en by paragraph id; repeatable.",
+        ),
     ] = [],  # noqa: B006
     lohelp_en: Annotated[
         Path | None, typer.Option("--lohelp-en", help="The English help's folder (…/help/en-US).")
@@ -137,17 +155,27 @@ def build_parallel(
     readers += [parallel.read_mo(p, lang) for lang, p in (pairs_of(s, "--mo") for s in mo)]
     if lohelp:
         if lohelp_en is None:
-            raise RerankError("--lohelp needs --lohelp-en (the English help it is aligned with)",
-                              hint="e.g. --lohelp-en …/libreoffice-help-en-us/x/usr/share/libreoffice/help/en-US")
-        readers += [parallel.lohelp_paragraphs(lohelp_en, p, lang) for lang, p in (pairs_of(s, "--lohelp")
-                                                                                   for s in lohelp)]  # fmt: skip
+            raise RerankError(
+                "--lohelp needs --lohelp-en (the English help it is aligned with)",
+                hint="e.g. --lohelp-en …/libreoffice-help-en-us/x/usr/share/libreoffice/help/en-US",
+            )
+        readers += [
+            parallel.lohelp_paragraphs(lohelp_en, p, lang) for lang, p in (pairs_of(s, "--lohelp") for s in lohelp)
+        ]
     if not readers:
         raise RerankError("no parallel text given", hint="pass --tsv, --mo or --lohelp (LANG=PATH)")
     sources = ", ".join([*tsv, *mo, *lohelp] + ([f"en={lohelp_en}"] if lohelp else []))
-    facts = parallel.build_parallel_collection(itertools.chain(*readers), out_dir, name=name,
-                                               dev_fraction=dev_fraction, max_train=max_train, max_dev=max_dev,
-                                               separate_train_pool=bool(lohelp), source=sources,
-                                               overwrite=overwrite)  # fmt: skip
+    facts = parallel.build_parallel_collection(
+        itertools.chain(*readers),
+        out_dir,
+        name=name,
+        dev_fraction=dev_fraction,
+        max_train=max_train,
+        max_dev=max_dev,
+        separate_train_pool=bool(lohelp),
+        source=sources,
+        overwrite=overwrite,
+    )
     extra = f" (+ {facts['train_documents']:,} for training)" if facts.get("train_documents") else ""
     out.print(f"built {out_dir}: {facts['documents']:,} English documents{extra}; topics {_counts(facts)}")
 

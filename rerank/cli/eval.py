@@ -106,9 +106,17 @@ def run(
     if out_dir is not None:
         notes = [f"qrels: {qrels}", "unjudged documents removed first" if judged_only else "unjudged = non-relevant"]
         write_report(
-            ev, comparisons, out_dir, baseline=baseline, commands=commands, title=title or f"Evaluation: {qrels}",
-            test=test, alpha=alpha, notes=notes, overwrite=overwrite,
-        )  # fmt: skip
+            ev,
+            comparisons,
+            out_dir,
+            baseline=baseline,
+            commands=commands,
+            title=title or f"Evaluation: {qrels}",
+            test=test,
+            alpha=alpha,
+            notes=notes,
+            overwrite=overwrite,
+        )
         out.print(f"wrote {out_dir}/index.html (+ metrics.csv, per-query.csv, metrics.json, table.md, PNG plots)")
 
 
@@ -154,7 +162,7 @@ def collection(
     topic_lang: Annotated[str | None, typer.Option("--topic-lang", help="Topic language.")] = None,
     lang: Annotated[
         str | None, typer.Option("--lang", help="HC4: the document language (topics: --topic-lang, default en).")
-    ] = None,  # fmt: skip
+    ] = None,
     docs: Annotated[list[Path] | None, typer.Option("--docs", help="Document files or folders.")] = None,
     topics: Annotated[Path | None, typer.Option("--topics", help="The topics file.")] = None,
     qrels: Annotated[Path | None, typer.Option("--qrels", help="The qrels file.")] = None,
@@ -171,8 +179,18 @@ def collection(
     query = topic_lang or ("en" if kind == "hc4" else None)
     if query is None:
         raise RerankError("which topic language?", hint="--topic-lang ky")
-    facts = prepare(kind, out_dir, root=root, doc_lang=doc, topic_lang=query, docs=docs, topics=topics,
-                    qrels=qrels, dataset=dataset, overwrite=overwrite)  # fmt: skip
+    facts = prepare(
+        kind,
+        out_dir,
+        root=root,
+        doc_lang=doc,
+        topic_lang=query,
+        docs=docs,
+        topics=topics,
+        qrels=qrels,
+        dataset=dataset,
+        overwrite=overwrite,
+    )
     out.print(
         f"wrote {out_dir}: {facts['documents']:,} documents, {facts['topics']} topics "
         f"({facts['topics_with_relevant']} with a relevant document), {facts['qrels']:,} judgements"

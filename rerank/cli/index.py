@@ -56,13 +56,17 @@ def index(
         raise RerankError(f"unknown --dense-kind {dense_kind!r}", hint=f"use one of: {', '.join(dense_mod.KINDS)}")
     if dense_only:
         if docs is not None:
-            raise RerankError("--dense-only reads the documents of an existing index; drop --docs",
-                              hint=f"rerank index --dense-only --out {out_dir}")
+            raise RerankError(
+                "--dense-only reads the documents of an existing index; drop --docs",
+                hint=f"rerank index --dense-only --out {out_dir}",
+            )
         _dense(out_dir, model, dense_kind, overwrite, quiet)
         return
     if docs is None or lang is None:
-        raise RerankError("--docs and --lang are needed to build an index",
-                          hint="e.g. rerank index --docs docs.jsonl --lang en --out indexes/x")
+        raise RerankError(
+            "--docs and --lang are needed to build an index",
+            hint="e.g. rerank index --docs docs.jsonl --lang en --out indexes/x",
+        )
     language = languages.resolve(lang)
     if dense and model is not None:
         from rerank.backbone import resolve_model

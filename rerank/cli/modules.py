@@ -126,8 +126,12 @@ def import_(
     refuse_existing(out_dir, overwrite)
     info_ = resolve_model(model)
     m = import_peft(
-        path, fingerprint=info_.fingerprint, shapes=backbone_shapes(info_.path), base_model=info_.name, role=role,
+        path,
+        fingerprint=info_.fingerprint,
+        shapes=backbone_shapes(info_.path),
+        base_model=info_.name,
+        role=role,
         language=code,
-    )  # fmt: skip
+    )
     save_module(m, out_dir, overwrite=overwrite)
     out.print(f"wrote {out_dir}: a {m.config.kind} {role} module, {len(m):,} numbers, {module_size(out_dir):,} bytes")

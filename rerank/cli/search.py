@@ -23,8 +23,10 @@ def search(
     field: Annotated[str, typer.Option("--field", help="Topic field to search: title, desc or title+desc.")] = "title",
     first_stage: Annotated[
         str,
-        typer.Option("--first-stage",
-                     help="bm25, dense, hybrid (RRF of both), or auto: dense where the index has vectors, else bm25."),
+        typer.Option(
+            "--first-stage",
+            help="bm25, dense, hybrid (RRF of both), or auto: dense where the index has vectors, else bm25.",
+        ),
     ] = "auto",
     reranker: Annotated[
         str, typer.Option("--reranker", help="none, bi (embedding cosine), cross (ranking head) or auto.")
@@ -61,9 +63,13 @@ def search(
     ] = "auto",
     depth: Annotated[
         int | None,
-        typer.Option("--depth", min=1, help="How many first-stage results are reranked [default: 20 by the "
-                     "cross-encoder, 100 by the bi-encoder]."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--depth",
+            min=1,
+            help="How many first-stage results are reranked [default: 20 by the "
+            "cross-encoder, 100 by the bi-encoder].",
+        ),
+    ] = None,
     fusion_weights: Annotated[
         str | None, typer.Option("--fusion-weights", help="RRF weights bm25,dense for hybrid, e.g. 0.25,1.")
     ] = None,

@@ -23,7 +23,7 @@ def lang(
         typer.Option(
             "--text", help="Plain text: one document a line, or blank-line separated; repeat for more files."
         ),
-    ],  # fmt: skip
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="The module folder to write.")],
     kind: Annotated[str, typer.Option("--kind", help=f"{KIND_CHOICES} (sft: LT-SFT).")] = "shira",
     density: Annotated[str, typer.Option("--density", help="sft/shira: share of entries trained, e.g. 2%.")] = "2%",
@@ -63,11 +63,25 @@ def lang(
             hint="use --grad-accum to reach a large batch in smaller steps",
         )
     cfg = LangConfig(
-        kind=kind, density=parse_density(density), rank=rank, reduction=reduction, mask=mask, embeddings=embeddings,
-        max_steps=max_steps, head_steps=head_steps, seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum,
-        lr=lr, l1=l1, max_vocab=max_vocab, time_budget=parse_budget(time_budget), eval_every=eval_every,
-        patience=patience or None, seed=seed,
-    )  # fmt: skip
+        kind=kind,
+        density=parse_density(density),
+        rank=rank,
+        reduction=reduction,
+        mask=mask,
+        embeddings=embeddings,
+        max_steps=max_steps,
+        head_steps=head_steps,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        l1=l1,
+        max_vocab=max_vocab,
+        time_budget=parse_budget(time_budget),
+        eval_every=eval_every,
+        patience=patience or None,
+        seed=seed,
+    )
     m = train_language_module(language, text, out_dir, cfg, model=model, overwrite=overwrite, progress=not quiet)
     r = m.config.recipe
     out.print(
@@ -90,9 +104,12 @@ def pairs(
     qrels: Annotated[Path | None, typer.Option("--qrels", help="The topics' TREC qrels.")] = None,
     index: Annotated[
         Path | None,
-        typer.Option("--index", help="With --topics: the index of the documents, searched for hard negatives; "
-                     "with --docs: a BM25 index of --docs (else built on the fly)."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--index",
+            help="With --topics: the index of the documents, searched for hard negatives; "
+            "with --docs: a BM25 index of --docs (else built on the fly).",
+        ),
+    ] = None,
     first_stage: Annotated[
         str, typer.Option("--first-stage", help="With --topics: bm25 | dense | hybrid | auto, for hard negatives.")
     ] = "dense",
@@ -101,14 +118,18 @@ def pairs(
     ] = 20,
     answers: Annotated[
         Path | None,
-        typer.Option("--answers", help="With --topics: answer strings (answers.*.jsonl); hits containing one are "
-                     "dropped as likely relevant."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--answers",
+            help="With --topics: answer strings (answers.*.jsonl); hits containing one are "
+            "dropped as likely relevant.",
+        ),
+    ] = None,
     teacher_margin: Annotated[
         float | None,
-        typer.Option("--teacher-margin", help="With --topics: also drop hits the bi-encoder scores this far above "
-                     "the positive."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--teacher-margin", help="With --topics: also drop hits the bi-encoder scores this far above the positive."
+        ),
+    ] = None,
     dev_topics: Annotated[
         list[Path],
         typer.Option("--dev-topics", help="Dev topic files that must not share a query with --topics (refused)."),
@@ -127,9 +148,12 @@ def pairs(
     max_queries: Annotated[int | None, typer.Option("--max-queries", min=1, help="Stop after this many.")] = None,
     teacher: Annotated[
         bool,
-        typer.Option("--teacher/--no-teacher", help="Add the bi-encoder's scores (the residual head and the "
-                     "distillation losses need them) [default: on with --topics]."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--teacher/--no-teacher",
+            help="Add the bi-encoder's scores (the residual head and the "
+            "distillation losses need them) [default: on with --topics].",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of sentence choice and order.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -140,17 +164,33 @@ def pairs(
     from rerank.errors import RerankError
 
     if (docs is None) == (topics is None):
-        raise RerankError("give either --docs (synthetic pairs) or --topics with --qrels and --index (real ones)",
-                          hint="e.g. rerank train pairs --topics T --qrels Q --index I --out pairs.jsonl")  # fmt: skip
+        raise RerankError(
+            "give either --docs (synthetic pairs) or --topics with --qrels and --index (real ones)",
+            hint="e.g. rerank train pairs --topics T --qrels Q --index I --out pairs.jsonl",
+        )
     if topics is not None:
         from rerank.training.pairs import pairs_from_qrels
 
         if qrels is None or index is None:
             raise RerankError("--topics needs --qrels and --index", hint="the topics' judgements and documents")
-        facts = pairs_from_qrels(topics, qrels, index, out_file, lang=language, first_stage=first_stage, depth=depth,
-                                 negatives=negatives, answers=answers, teacher=True if teacher is None else teacher,
-                                 teacher_margin=teacher_margin, dev_topics=dev_topics, max_queries=max_queries,
-                                 seed=seed, overwrite=overwrite, progress=not quiet)  # fmt: skip
+        facts = pairs_from_qrels(
+            topics,
+            qrels,
+            index,
+            out_file,
+            lang=language,
+            first_stage=first_stage,
+            depth=depth,
+            negatives=negatives,
+            answers=answers,
+            teacher=True if teacher is None else teacher,
+            teacher_margin=teacher_margin,
+            dev_topics=dev_topics,
+            max_queries=max_queries,
+            seed=seed,
+            overwrite=overwrite,
+            progress=not quiet,
+        )
         f = facts["filtered"]
         out.print(
             f"wrote {out_file}: {facts['queries']:,} training queries, {negatives} negatives each from the "
@@ -163,10 +203,20 @@ def pairs(
         return
     from rerank.training.pairs import make_pairs
 
-    facts = make_pairs(docs, out_file, lang=language or "en", method=method, negatives=negatives,
-                       random_negatives=random_negatives, max_queries=max_queries,
-                       teacher=bool(teacher), seed=seed, index=index, overwrite=overwrite,
-                       progress=not quiet)  # fmt: skip
+    facts = make_pairs(
+        docs,
+        out_file,
+        lang=language or "en",
+        method=method,
+        negatives=negatives,
+        random_negatives=random_negatives,
+        max_queries=max_queries,
+        teacher=bool(teacher),
+        seed=seed,
+        index=index,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     out.print(
         f"wrote {out_file}: {facts['queries']:,} training queries ({method}) from {facts['documents']:,} documents, "
         f"{negatives - random_negatives} BM25 + {random_negatives} random negatives each (how: {out_file}.json)"
@@ -202,9 +252,12 @@ def task(
     ] = False,
     head: Annotated[
         str,
-        typer.Option("--head", help="plain (first-token pooler + classifier) | residual (the bi-encoder's score + a "
-                     "correction from the mean-pooled states, starting at zero)."),
-    ] = "plain",  # fmt: skip
+        typer.Option(
+            "--head",
+            help="plain (first-token pooler + classifier) | residual (the bi-encoder's score + a "
+            "correction from the mean-pooled states, starting at zero).",
+        ),
+    ] = "plain",
     layers: Annotated[
         int | None, typer.Option("--layers", min=1, help="Train only the top this many encoder layers [default: all].")
     ] = None,
@@ -214,9 +267,13 @@ def task(
     ] = [],  # noqa: B006
     hard_fraction: Annotated[
         float,
-        typer.Option("--hard-fraction", min=0.0, max=1.0,
-                     help="Share of each step's queries drawn by the first stage's own loss on them (needs teacher)."),
-    ] = 0.0,  # fmt: skip
+        typer.Option(
+            "--hard-fraction",
+            min=0.0,
+            max=1.0,
+            help="Share of each step's queries drawn by the first stage's own loss on them (needs teacher).",
+        ),
+    ] = 0.0,
     select: Annotated[
         str, typer.Option("--select", help="The dev figure that picks the kept state: mrr | loss (listwise).")
     ] = "mrr",
@@ -256,14 +313,42 @@ def task(
         from rerank.errors import warn
 
         warn("no --lang-module: the task module learns on the bare backbone (the paper stacks it on one)")
-    cfg = TaskConfig(kind=kind, loss=loss, density=parse_density(density), rank=rank, reduction=reduction, mask=mask,
-                     max_steps=max_steps, batch_queries=batch_queries, negatives=negatives, max_length=max_length,
-                     lr=lr, time_budget=parse_budget(time_budget), eval_every=eval_every, seed=seed,
-                     list_head=list_head, max_queries=max_queries, grad_accum=grad_accum,
-                     patience=patience or None, probe_queries=probe_queries, head=head, layers=layers,
-                     hard_fraction=hard_fraction, select=select)  # fmt: skip
-    m = train_task_module(pairs_file, out_dir, cfg, source_lang=source_lang, lang_module=lang_module, model=model,
-                          overwrite=overwrite, progress=not quiet, dev_topics=dev_topics)  # fmt: skip
+    cfg = TaskConfig(
+        kind=kind,
+        loss=loss,
+        density=parse_density(density),
+        rank=rank,
+        reduction=reduction,
+        mask=mask,
+        max_steps=max_steps,
+        batch_queries=batch_queries,
+        negatives=negatives,
+        max_length=max_length,
+        lr=lr,
+        time_budget=parse_budget(time_budget),
+        eval_every=eval_every,
+        seed=seed,
+        list_head=list_head,
+        max_queries=max_queries,
+        grad_accum=grad_accum,
+        patience=patience or None,
+        probe_queries=probe_queries,
+        head=head,
+        layers=layers,
+        hard_fraction=hard_fraction,
+        select=select,
+    )
+    m = train_task_module(
+        pairs_file,
+        out_dir,
+        cfg,
+        source_lang=source_lang,
+        lang_module=lang_module,
+        model=model,
+        overwrite=overwrite,
+        progress=not quiet,
+        dev_topics=dev_topics,
+    )
     r = m.config.recipe
     out.print(
         f"wrote {out_dir}: {kind} task module ({loss}), {len(m):,} numbers + head, {module_size(out_dir):,} bytes; "
@@ -277,8 +362,10 @@ def _fusion_line(r: dict) -> str:
     f = r.get("fusion")
     if not f:
         return ""
-    return (f"; bi-encoder {r['dev_mrr_teacher']}, fused with it at first-stage weight {f['first_stage_weight']} "
-            f"{f['dev_mrr']} (what search does by default)")  # fmt: skip
+    return (
+        f"; bi-encoder {r['dev_mrr_teacher']}, fused with it at first-stage weight {f['first_stage_weight']} "
+        f"{f['dev_mrr']} (what search does by default)"
+    )
 
 
 @app.command("check")

@@ -117,8 +117,14 @@ def help_pages(root: Path) -> list[Path]:
     return pages
 
 
-def build(help_root: str | os.PathLike, out: str | os.PathLike, lang: str = "en", overwrite: bool = False,
-          untranslated_from: str | os.PathLike | None = None, dev_fraction: float | None = None) -> dict:  # fmt: skip
+def build(
+    help_root: str | os.PathLike,
+    out: str | os.PathLike,
+    lang: str = "en",
+    overwrite: bool = False,
+    untranslated_from: str | os.PathLike | None = None,
+    dev_fraction: float | None = None,
+) -> dict:
     """``help_root``: the extracted package's ``usr/share/libreoffice/help/<lang-REGION>`` folder (or any
     folder above it). Writes ``<out>/docs.<lang>.jsonl`` and ``<out>/README.<lang>.md`` (other languages'
     files in ``out`` stay). ``untranslated_from``: the English help's folder; paragraphs found there
@@ -170,5 +176,9 @@ def build(help_root: str | os.PathLike, out: str | os.PathLike, lang: str = "en"
             "Not committed. "
             "Used for training only, never as an evaluation collection.\n"
         )
-    return {"pages": len(pages), "held_out_pages": held_out, "documents": len(docs),
-            "characters": sum(len(d.text) for d in docs)}
+    return {
+        "pages": len(pages),
+        "held_out_pages": held_out,
+        "documents": len(docs),
+        "characters": sum(len(d.text) for d in docs),
+    }

@@ -101,8 +101,9 @@ def read_mo(path: str | os.PathLike, lang: str) -> Iterator[Pair]:
             yield Pair(text, code, en, group=en)
 
 
-def lohelp_paragraphs(en_root: str | os.PathLike, root: str | os.PathLike, lang: str,
-                      min_words: int = 5) -> Iterator[Pair]:  # fmt: skip
+def lohelp_paragraphs(
+    en_root: str | os.PathLike, root: str | os.PathLike, lang: str, min_words: int = 5
+) -> Iterator[Pair]:
     """LibreOffice help paragraphs aligned by (page, paragraph ``id``): the translation and its English
     original; ``group`` is the page. Paragraphs left in English (identical to the original) and short ones
     (fewer than ``min_words`` English words) are skipped."""
@@ -125,15 +126,24 @@ def lohelp_paragraphs(en_root: str | os.PathLike, root: str | os.PathLike, lang:
             n += 1
             yield Pair(text, code, en, group=rel, pair_id=f"{rel}#{pid}", en_id=f"{rel}#{pid}")
     if not n:
-        raise RerankError(f"no translated paragraphs were aligned between {root} and {en_root}",
-                          hint="give the help folders of both languages (…/help/en-US, …/help/tr)")
+        raise RerankError(
+            f"no translated paragraphs were aligned between {root} and {en_root}",
+            hint="give the help folders of both languages (…/help/en-US, …/help/tr)",
+        )
 
 
 def build_parallel_collection(
-    pairs: Iterable[Pair], out: str | os.PathLike, *, name: str, dev_fraction: float = 0.05,
-    max_train: int | None = None, max_dev: int | None = None, separate_train_pool: bool = False, source: str = "",
+    pairs: Iterable[Pair],
+    out: str | os.PathLike,
+    *,
+    name: str,
+    dev_fraction: float = 0.05,
+    max_train: int | None = None,
+    max_dev: int | None = None,
+    separate_train_pool: bool = False,
+    source: str = "",
     overwrite: bool = False,
-) -> dict:  # fmt: skip
+) -> dict:
     """Write a cross-lingual relevance collection: English documents (the distinct English texts), queries
     the other side (each distinct text once; every English text it translates is relevant).
 
@@ -204,7 +214,20 @@ def build_parallel_collection(
     else:
         every = {en for rec in by_src.values() for en in rec["en"]}
         docs, train_docs = [Document(doc_of(en), en) for en in sorted(every, key=doc_of)], None
-    return write_collection(out, docs=docs, train_docs=train_docs, doc_lang="en", topics=topics, qrels=qrels,
-                            split=split, overwrite=overwrite,
-                            facts={"kind": "translations: a text, its English counterpart relevant", "name": name,
-                                   "source": source, "max_train": max_train, "max_dev": max_dev})  # fmt: skip
+    return write_collection(
+        out,
+        docs=docs,
+        train_docs=train_docs,
+        doc_lang="en",
+        topics=topics,
+        qrels=qrels,
+        split=split,
+        overwrite=overwrite,
+        facts={
+            "kind": "translations: a text, its English counterpart relevant",
+            "name": name,
+            "source": source,
+            "max_train": max_train,
+            "max_dev": max_dev,
+        },
+    )

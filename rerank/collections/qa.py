@@ -132,23 +132,23 @@ def _read_squad(path: Path) -> Iterator[tuple[str, QARecord]]:
         raise RerankError(f"{path}:{e.lineno}: not valid JSON ({e.msg})", hint="a SQuAD-shaped JSON file") from None
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
-        raise RerankError(f"{path}: no top-level \"data\" list", hint='SQuAD\'s {"data": [{"paragraphs": …}]}')
+        raise RerankError(f'{path}: no top-level "data" list', hint='SQuAD\'s {"data": [{"paragraphs": …}]}')
     n = 0
     for i, article in enumerate(data):
         title = _text(article, "title") or "" if isinstance(article, dict) else ""
         paras = article.get("paragraphs") if isinstance(article, dict) else None
         if not isinstance(paras, list):
-            raise RerankError(f"{path}: data[{i}] has no \"paragraphs\" list", hint="SQuAD's layout")
+            raise RerankError(f'{path}: data[{i}] has no "paragraphs" list', hint="SQuAD's layout")
         for j, para in enumerate(paras):
             where = f"{path}: data[{i}].paragraphs[{j}]"
             context = _text(para, "context") if isinstance(para, dict) else None
             qas = para.get("qas") if isinstance(para, dict) else None
             if context is None or not isinstance(qas, list):
-                raise RerankError(f"{where}: no \"context\" or no \"qas\" list", hint="SQuAD's layout")
+                raise RerankError(f'{where}: no "context" or no "qas" list', hint="SQuAD's layout")
             for k, qa in enumerate(qas):
                 w = f"{where}.qas[{k}]"
                 if not isinstance(qa, dict) or _text(qa, "question") is None or qa.get("id") is None:
-                    raise RerankError(f"{w}: a question needs \"id\" and \"question\"", hint="SQuAD's layout")
+                    raise RerankError(f'{w}: a question needs "id" and "question"', hint="SQuAD's layout")
                 if qa.get("is_impossible"):
                     continue  # SQuAD 2.0: the paragraph does not answer it
                 n += 1
@@ -157,9 +157,16 @@ def _read_squad(path: Path) -> Iterator[tuple[str, QARecord]]:
         raise RerankError(f"{path} holds no answerable questions", hint="SQuAD-shaped data with qas")
 
 
-def build_qa_collection(records: Iterable[QARecord], out: str | os.PathLike, *, lang: str = "en",
-                        dev_fraction: float = 0.05, name: str = "qa", source: str = "",
-                        overwrite: bool = False) -> dict:
+def build_qa_collection(
+    records: Iterable[QARecord],
+    out: str | os.PathLike,
+    *,
+    lang: str = "en",
+    dev_fraction: float = 0.05,
+    name: str = "qa",
+    source: str = "",
+    overwrite: bool = False,
+) -> dict:
     """Write a relevance collection from question–passage records (see :mod:`rerank.collections.splits`).
 
     The documents are the distinct passages (title + text); questions are split into train and dev by a
@@ -189,6 +196,15 @@ def build_qa_collection(records: Iterable[QARecord], out: str | os.PathLike, *, 
     if not topics:
         raise RerankError("no question–passage records were read", hint="give QED, NQ or SQuAD-shaped data")
     split = Split(dev_fraction=dev_fraction, key="the passage's id (questions of one passage stay together)")
-    return write_collection(out, docs=list(docs.values()), doc_lang=code, topics=topics, qrels=qrels,
-                            group_of=lambda t: t[3], split=split, answers=answers, overwrite=overwrite,
-                            facts={"kind": "questions over passages", "source": source, "name": name})
+    return write_collection(
+        out,
+        docs=list(docs.values()),
+        doc_lang=code,
+        topics=topics,
+        qrels=qrels,
+        group_of=lambda t: t[3],
+        split=split,
+        answers=answers,
+        overwrite=overwrite,
+        facts={"kind": "questions over passages", "source": source, "name": name},
+    )

@@ -50,11 +50,19 @@ def norm_query(text: str) -> str:
 
 
 def write_collection(
-    out: str | os.PathLike, *, docs: Sequence, doc_lang: str, topics: Iterable[tuple[str, str, str, str]],
-    qrels: Iterable[tuple[str, str]], split: Split, group_of: Callable | None = None,
-    train_docs: Sequence | None = None, answers: dict | None = None, facts: dict | None = None,
+    out: str | os.PathLike,
+    *,
+    docs: Sequence,
+    doc_lang: str,
+    topics: Iterable[tuple[str, str, str, str]],
+    qrels: Iterable[tuple[str, str]],
+    split: Split,
+    group_of: Callable | None = None,
+    train_docs: Sequence | None = None,
+    answers: dict | None = None,
+    facts: dict | None = None,
     overwrite: bool = False,
-) -> dict:  # fmt: skip
+) -> dict:
     """Write a collection folder atomically. ``topics``: (qid, text, lang, group key); ``qrels``: (qid, doc id),
     relevance 1. Returns the facts written to ``collection.json``."""
     from rerank.collections.docs import write_jsonl_docs
@@ -72,8 +80,9 @@ def write_collection(
         rel.setdefault(qid, []).append(doc_id)
     parts: dict[tuple[str, str], list] = {}
     for t in topics:
-        parts.setdefault(("dev" if is_dev(str(group_of(t)), split.dev_fraction, split.salt) else "train", t[2]),
-                         []).append(t)  # fmt: skip
+        parts.setdefault(
+            ("dev" if is_dev(str(group_of(t)), split.dev_fraction, split.salt) else "train", t[2]), []
+        ).append(t)
     dev_texts = {norm_query(t[1]) for (s, _), ts in parts.items() if s == "dev" for t in ts}
     dropped = 0
     for (s, lang), ts in list(parts.items()):
@@ -98,11 +107,14 @@ def write_collection(
                             f.write(json.dumps({"qid": q, "answers": answers[q]}, ensure_ascii=False) + "\n")
             counts.setdefault(s, {})[lang] = len(ts)
         info = {
-            **(facts or {}), "documents": len(docs),
+            **(facts or {}),
+            "documents": len(docs),
             "train_documents": None if train_docs is None else len(train_docs),
-            "doc_lang": doc_lang, "topics": counts, "split": asdict(split),
+            "doc_lang": doc_lang,
+            "topics": counts,
+            "split": asdict(split),
             "train_topics_dropped_as_dev_duplicates": dropped,
-        }  # fmt: skip
+        }
         (tmp / "collection.json").write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return info
 

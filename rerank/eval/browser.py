@@ -16,9 +16,16 @@ from pathlib import Path
 from rerank.errors import RerankError
 
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--hide-scrollbars",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def find_chromium() -> str | None:
@@ -52,8 +59,14 @@ class _Counter(HTMLParser):
             self._in_body = False
 
 
-def check_page(page: str | os.PathLike, screenshot: str | os.PathLike | None = None, *, width: int = 1280,
-               height: int = 2400, timeout: float = 120.0) -> dict:  # fmt: skip
+def check_page(
+    page: str | os.PathLike,
+    screenshot: str | os.PathLike | None = None,
+    *,
+    width: int = 1280,
+    height: int = 2400,
+    timeout: float = 120.0,
+) -> dict:
     """Render ``page`` in headless Chromium: counts from the rendered DOM, and the share of inked and of
     coloured pixels in a screenshot (written to ``screenshot`` if given). Raises if the page shows no
     table or no image."""
@@ -85,10 +98,16 @@ def check_page(page: str | os.PathLike, screenshot: str | os.PathLike | None = N
     ink = float((img.min(axis=2) < 0.9).mean())
     colour = float(((img.max(axis=2) - img.min(axis=2)) > 0.25).mean())
     facts = {
-        "page": str(p), "tables": counter.tables, "body_rows": counter.rows, "cells": counter.cells,
-        "images": counter.images, "inked_pixels": round(ink, 4), "coloured_pixels": round(colour, 4),
-        "screenshot": str(screenshot) if screenshot else None, "chromium": exe,
-    }  # fmt: skip
+        "page": str(p),
+        "tables": counter.tables,
+        "body_rows": counter.rows,
+        "cells": counter.cells,
+        "images": counter.images,
+        "inked_pixels": round(ink, 4),
+        "coloured_pixels": round(colour, 4),
+        "screenshot": str(screenshot) if screenshot else None,
+        "chromium": exe,
+    }
     problems = [f"no {k.replace('_', ' ')}" for k in ("tables", "body_rows", "images") if not facts[k]]
     if ink < 0.01:
         problems.append("a blank screenshot")

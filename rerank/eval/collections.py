@@ -161,10 +161,15 @@ def prepare(
             encoding="utf-8",
         )
     return {
-        "documents": len(documents), "topics": len(queries), "qrels": len(judged),
-        "topics_with_relevant": len(qids & rel_q), "topics_without_qrels": len(qids - rel_q),
-        "judged_documents_not_in_collection": len(unknown_docs), "out": str(out), "read_as_latin1": len(latin1),
-    }  # fmt: skip
+        "documents": len(documents),
+        "topics": len(queries),
+        "qrels": len(judged),
+        "topics_with_relevant": len(qids & rel_q),
+        "topics_without_qrels": len(qids - rel_q),
+        "judged_documents_not_in_collection": len(unknown_docs),
+        "out": str(out),
+        "read_as_latin1": len(latin1),
+    }
 
 
 def _grid(name: str, out: Path, doc: str, query: str) -> str:

@@ -45,9 +45,21 @@ from rerank.errors import RerankError
 TOP_KEYS = {"title", "metrics", "baseline", "k", "test", "alpha", "collection", "systems"}
 COLLECTION_KEYS = {"docs", "index", "topics", "qrels", "doc_langs", "query_langs"}
 SYSTEM_KEYS = {
-    "name", "first_stage", "reranker", "model", "dense_model", "modules", "module_density", "module_rank", "depth",
-    "fusion_weights", "fusion_k", "max_length", "requires", "first_stage_weight",
-}  # fmt: skip
+    "name",
+    "first_stage",
+    "reranker",
+    "model",
+    "dense_model",
+    "modules",
+    "module_density",
+    "module_rank",
+    "depth",
+    "fusion_weights",
+    "fusion_k",
+    "max_length",
+    "requires",
+    "first_stage_weight",
+}
 
 
 @dataclass
@@ -128,8 +140,17 @@ def load_grid(path: str | os.PathLike) -> Grid:
         if s.get("modules") != "auto":  # "auto": the shipped modules, as `rerank search` stacks them
             s["modules"] = [str(base / m) for m in s.get("modules", [])]
         s["requires"] = [str(base / m) for m in s.get("requires", [])]
-    return Grid(p, raw.get("title", p.stem), metrics, baseline, int(raw.get("k", 100)), raw.get("test", "t"),
-                float(raw.get("alpha", 0.05)), coll, systems)  # fmt: skip
+    return Grid(
+        p,
+        raw.get("title", p.stem),
+        metrics,
+        baseline,
+        int(raw.get("k", 100)),
+        raw.get("test", "t"),
+        float(raw.get("alpha", 0.05)),
+        coll,
+        systems,
+    )
 
 
 def _file_key(path: Path) -> list:
@@ -221,8 +242,13 @@ def run_grid(grid: Grid, out: str | os.PathLike, *, progress: bool = True, comma
                         flat = [sd for q in queries for sd in final[q.query_id]]
                         path.parent.mkdir(parents=True, exist_ok=True)
                         write_run(flat, path, tag=s["name"], overwrite=True)
-                        record = {"key": key, "command": command or _command(grid), "system": s, "doc": doc,
-                                  "query": query}  # fmt: skip
+                        record = {
+                            "key": key,
+                            "command": command or _command(grid),
+                            "system": s,
+                            "doc": doc,
+                            "query": query,
+                        }
                         side.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
                         bar.update(1)
                 finally:
@@ -258,7 +284,7 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
     import csv
     import html
 
-    from rerank.eval.report import MARK, legend_text, png_data_uri, write_report
+    from rerank.eval.report import MARK, METRIC_COLUMNS, legend_text, png_data_uri, write_report
     from rerank.eval.significance import confidence_interval
     from rerank.files import atomic_write
 
@@ -270,8 +296,16 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
     measures, systems = first_ev.measures, first_ev.systems
     for (doc, query), (ev, comps) in cells.items():
         title = f"{grid.title}: {query} queries → {doc} documents"
-        write_report(ev, comps, out / "cells" / f"{query}-{doc}", baseline=grid.baseline, title=title,
-                     test=grid.test, alpha=grid.alpha, overwrite=True)  # fmt: skip
+        write_report(
+            ev,
+            comps,
+            out / "cells" / f"{query}-{doc}",
+            baseline=grid.baseline,
+            title=title,
+            test=grid.test,
+            alpha=grid.alpha,
+            overwrite=True,
+        )
     rows, md, charts = [], [], []
     for m in measures:
         table = {}
@@ -319,8 +353,7 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
         f.write("\n".join(md) + "\n")
     with atomic_write(out / "grid.csv", overwrite=True) as f:
         w = csv.writer(f)
-        w.writerow(["doc_lang", "query_lang", "system", "measure", "mean", "ci95_low", "ci95_high", "queries",
-                    "diff_vs_baseline", "p_t", "p_t_holm", "p_perm", "p_perm_holm", "effect_size_dz"])  # fmt: skip
+        w.writerow(["doc_lang", "query_lang", *METRIC_COLUMNS])
         w.writerows(rows)
     pngs = []
     for m, table in charts:
@@ -328,12 +361,20 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
         _grouped_bars(m, table, columns, systems, cells, keys, p)
         pngs.append((m, p))
     data = {
-        "title": grid.title, "grid": str(grid.path), "baseline": grid.baseline, "test": grid.test,
-        "alpha": grid.alpha, "columns": columns, "systems": systems, "measures": measures,
-        "means": {m: {s: dict(zip(columns, [v for v, _, _ in t[s]], strict=True)) for s in systems}
-                  for m, t in charts},
-        "skipped": grid.skipped, "systems_config": grid.systems,
-    }  # fmt: skip
+        "title": grid.title,
+        "grid": str(grid.path),
+        "baseline": grid.baseline,
+        "test": grid.test,
+        "alpha": grid.alpha,
+        "columns": columns,
+        "systems": systems,
+        "measures": measures,
+        "means": {
+            m: {s: dict(zip(columns, [v for v, _, _ in t[s]], strict=True)) for s in systems} for m, t in charts
+        },
+        "skipped": grid.skipped,
+        "systems_config": grid.systems,
+    }
     with atomic_write(out / "grid.json", overwrite=True) as f:
         f.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     e = html.escape
@@ -357,12 +398,18 @@ def write_grid_report(grid: Grid, cells: dict, out: str | os.PathLike, command: 
                 tds.append(f'<td class="{" ".join(cls)}" title="{e(tip)}">{v:.4f}{MARK if sig else ""}</td>')
             mean = sum(v for v, _, _ in table[s]) / len(keys)
             body.append(f"<tr><td>{e(s)}</td>{''.join(tds)}<td>{mean:.4f}</td></tr>")
-        parts.append(f'<h2>{e(m)}</h2><table class="grid"><thead><tr><th>system</th>{head}</tr></thead>'
-                     f"<tbody>{''.join(body)}</tbody></table>")  # fmt: skip
-    figs = "".join(f'<figure><img alt="{e(m)}" src="{png_data_uri(p)}"><figcaption>{e(m)} per column, 95% CI'
-                   "</figcaption></figure>" for m, p in pngs)  # fmt: skip
-    links = "".join(f'<li><a href="cells/{q}-{d}/index.html">{e(q)} queries → {e(d)} documents</a></li>'
-                    for d, q in keys)  # fmt: skip
+        parts.append(
+            f'<h2>{e(m)}</h2><table class="grid"><thead><tr><th>system</th>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
+    figs = "".join(
+        f'<figure><img alt="{e(m)}" src="{png_data_uri(p)}"><figcaption>{e(m)} per column, 95% CI'
+        "</figcaption></figure>"
+        for m, p in pngs
+    )
+    links = "".join(
+        f'<li><a href="cells/{q}-{d}/index.html">{e(q)} queries → {e(d)} documents</a></li>' for d, q in keys
+    )
     sysrows = "".join(
         f"<li><b>{e(s['name'])}</b>: <code>{e(json.dumps({k: v for k, v in s.items() if v}, ensure_ascii=False))}"
         "</code></li>"

@@ -98,9 +98,17 @@ def compare(ev, baseline: str, *, n_resamples: int = 10_000, seed: int = 0) -> d
                 sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
                 effect = float(np.mean(d) / sd) if sd > 0 else float(np.sign(np.mean(d)) * np.inf)
             out[(system, measure)] = Comparison(
-                system, measure, baseline, float(x.mean()), float(base.mean()), float(d.mean()), p_t, p_perm,
-                effect_size=effect, n=len(d),
-            )  # fmt: skip
+                system,
+                measure,
+                baseline,
+                float(x.mean()),
+                float(base.mean()),
+                float(d.mean()),
+                p_t,
+                p_perm,
+                effect_size=effect,
+                n=len(d),
+            )
         for test in TESTS:
             ps = [getattr(out[(s, measure)], f"p_{test}") for s in others]
             if ps:

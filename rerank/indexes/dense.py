@@ -67,8 +67,10 @@ def read_dense_meta(index_dir: str | os.PathLike) -> DenseMeta:
             raise ValueError(f"format {raw.get('format')!r}")
         return DenseMeta(**raw)
     except (ValueError, TypeError) as e:
-        raise RerankError(f"{p} is not a dense index description this version reads ({e})",
-                          hint="rebuild it: rerank index --dense-only --overwrite --out INDEX") from e
+        raise RerankError(
+            f"{p} is not a dense index description this version reads ({e})",
+            hint="rebuild it: rerank index --dense-only --overwrite --out INDEX",
+        ) from e
 
 
 def _faiss(threads: int | None = None):
@@ -94,8 +96,16 @@ def _new_index(faiss, kind: str, dim: int, n: int, params: dict):
     return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
 
 
-def build_dense(index_dir: str | os.PathLike, encoder=None, *, model=None, kind: str = "flat",
-                params: dict | None = None, progress: bool = True, overwrite: bool = True) -> DenseMeta:
+def build_dense(
+    index_dir: str | os.PathLike,
+    encoder=None,
+    *,
+    model=None,
+    kind: str = "flat",
+    params: dict | None = None,
+    progress: bool = True,
+    overwrite: bool = True,
+) -> DenseMeta:
     """Encode every document of the index folder (``"passage: "``-prefixed for e5) into ``<index>/dense``.
     ``encoder`` (a :class:`rerank.scoring.Encoder`) or ``model`` (a backbone path; ``None`` = default)."""
     from tqdm.auto import tqdm
@@ -118,9 +128,11 @@ def build_dense(index_dir: str | os.PathLike, encoder=None, *, model=None, kind:
         if n == 0:
             raise RerankError(f"{index_dir} has no documents to encode", hint="index some documents first")
         index = _new_index(faiss, kind, encoder.dim, n, params)
-        with atomic_dir(dense_path(index_dir), overwrite) as tmp, \
-                open(tmp / "docids.txt", "w", encoding="utf-8") as ids_file, \
-                tqdm(total=n, desc="dense encoding", unit="doc", disable=not progress, file=None) as bar:
+        with (
+            atomic_dir(dense_path(index_dir), overwrite) as tmp,
+            open(tmp / "docids.txt", "w", encoding="utf-8") as ids_file,
+            tqdm(total=n, desc="dense encoding", unit="doc", disable=not progress, file=None) as bar,
+        ):
             pending = []  # ivf trains on all vectors before adding any
             for chunk in _chunks(store):
                 vecs = encoder.encode([d.contents for d in chunk], "passage")
@@ -137,13 +149,20 @@ def build_dense(index_dir: str | os.PathLike, encoder=None, *, model=None, kind:
             ids_file.flush()
             faiss.write_index(index, str(tmp / "vectors.faiss"))
             meta = DenseMeta(
-                backbone=encoder.info.name, fingerprint=encoder.fingerprint, dim=encoder.dim, documents=n, kind=kind,
-                params=params, max_length=encoder.max_length, prefix=encoder.prefix("passage"),
+                backbone=encoder.info.name,
+                fingerprint=encoder.fingerprint,
+                dim=encoder.dim,
+                documents=n,
+                kind=kind,
+                params=params,
+                max_length=encoder.max_length,
+                prefix=encoder.prefix("passage"),
                 created_by=f"rerank {__version__}",
                 created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
             )
-            (tmp / META_FILE).write_text(json.dumps(asdict(meta), indent=2, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
+            (tmp / META_FILE).write_text(
+                json.dumps(asdict(meta), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
     finally:
         store.close()
     return meta
@@ -187,12 +206,16 @@ class DenseIndex:
         try:
             self.index = faiss.read_index(str(d / "vectors.faiss"))
         except RuntimeError as e:
-            raise RerankError(f"{d / 'vectors.faiss'} cannot be read by faiss",
-                              hint=f"rebuild it: rerank index --dense-only --overwrite --out {index_dir}") from e
+            raise RerankError(
+                f"{d / 'vectors.faiss'} cannot be read by faiss",
+                hint=f"rebuild it: rerank index --dense-only --overwrite --out {index_dir}",
+            ) from e
         self.doc_ids = (d / "docids.txt").read_text(encoding="utf-8").splitlines()
         if len(self.doc_ids) != self.index.ntotal or self.index.ntotal != self.meta.documents:
-            raise RerankError(f"{d} is inconsistent ({len(self.doc_ids)} ids, {self.index.ntotal} vectors)",
-                              hint=f"rebuild it: rerank index --dense-only --overwrite --out {index_dir}")
+            raise RerankError(
+                f"{d} is inconsistent ({len(self.doc_ids)} ids, {self.index.ntotal} vectors)",
+                hint=f"rebuild it: rerank index --dense-only --overwrite --out {index_dir}",
+            )
         if self.meta.kind == "hnsw":
             self.index.hnsw.efSearch = int(self.meta.params.get("ef_search", 128))
         elif self.meta.kind == "ivf":
@@ -225,7 +248,12 @@ class DenseIndex:
                 self.index.make_direct_map()
         missing = [d for d in doc_ids if d not in self._row]
         if missing:
-            raise RerankError(f"document {missing[0]} is not in the dense index {self.path}",
-                              hint="rebuild the dense index after changing the documents")
-        return np.stack([self.index.reconstruct(self._row[d]) for d in doc_ids]) if doc_ids else \
-            np.zeros((0, self.meta.dim), dtype=np.float32)
+            raise RerankError(
+                f"document {missing[0]} is not in the dense index {self.path}",
+                hint="rebuild the dense index after changing the documents",
+            )
+        return (
+            np.stack([self.index.reconstruct(self._row[d]) for d in doc_ids])
+            if doc_ids
+            else np.zeros((0, self.meta.dim), dtype=np.float32)
+        )

@@ -15,8 +15,13 @@ from rerank.types import ScoredDoc
 DEFAULT_K = 60
 
 
-def rrf(runs: Sequence[Sequence[ScoredDoc]], weights: Sequence[float] | None = None, k: float = DEFAULT_K,
-        query_id: str | None = None, depth: int | None = None) -> list[ScoredDoc]:
+def rrf(
+    runs: Sequence[Sequence[ScoredDoc]],
+    weights: Sequence[float] | None = None,
+    k: float = DEFAULT_K,
+    query_id: str | None = None,
+    depth: int | None = None,
+) -> list[ScoredDoc]:
     """Fuse one query's ranked lists (each sorted best first). ``depth`` cuts each list first."""
     weights = list(weights) if weights is not None else [1.0] * len(runs)
     if len(weights) != len(runs):
@@ -39,8 +44,12 @@ def rrf(runs: Sequence[Sequence[ScoredDoc]], weights: Sequence[float] | None = N
     return [ScoredDoc(qid or "", d, score[d]) for d in order]
 
 
-def fuse(runs: Sequence[Mapping[str, Sequence[ScoredDoc]]], weights: Sequence[float] | None = None,
-         k: float = DEFAULT_K, depth: int | None = None) -> dict[str, list[ScoredDoc]]:
+def fuse(
+    runs: Sequence[Mapping[str, Sequence[ScoredDoc]]],
+    weights: Sequence[float] | None = None,
+    k: float = DEFAULT_K,
+    depth: int | None = None,
+) -> dict[str, list[ScoredDoc]]:
     """Fuse whole runs (query id → ranked list); queries missing from a run count as empty lists."""
     qids = list(dict.fromkeys(q for run in runs for q in run))
     return {q: rrf([run.get(q, ()) for run in runs], weights, k, query_id=q, depth=depth) for q in qids}

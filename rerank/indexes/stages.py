@@ -22,8 +22,9 @@ class FirstStageSearcher(Protocol):
 
     def search(self, query: Query, k: int = 10) -> list[ScoredDoc]: ...
 
-    def batch_search(self, queries: Sequence[Query], k: int = 100, *, progress: bool = False,
-                     threads: int = 2) -> dict[str, list[ScoredDoc]]: ...  # fmt: skip
+    def batch_search(
+        self, queries: Sequence[Query], k: int = 100, *, progress: bool = False, threads: int = 2
+    ) -> dict[str, list[ScoredDoc]]: ...
 
 
 @dataclass
@@ -44,8 +45,9 @@ class Stage:
     def search(self, query: Query, k: int = 10) -> list[ScoredDoc]:
         return self.batch_search([query], k)[query.query_id]
 
-    def batch_search(self, queries: Sequence[Query], k: int = 100, *, progress: bool = False,
-                     threads: int = 2) -> dict[str, list[ScoredDoc]]:  # fmt: skip
+    def batch_search(
+        self, queries: Sequence[Query], k: int = 100, *, progress: bool = False, threads: int = 2
+    ) -> dict[str, list[ScoredDoc]]:
         raise NotImplementedError
 
 
@@ -88,8 +90,9 @@ class Hybrid(Stage):
     name = "hybrid"
     needs_dense = True
 
-    def __init__(self, first: Stage, second: Stage, weights: Sequence[float] = (1.0, 1.0),
-                 fusion_k: float = DEFAULT_K):
+    def __init__(
+        self, first: Stage, second: Stage, weights: Sequence[float] = (1.0, 1.0), fusion_k: float = DEFAULT_K
+    ):
         self.first, self.second = first, second
         self.weights, self.fusion_k = tuple(float(w) for w in weights), fusion_k
 
@@ -100,8 +103,12 @@ class Hybrid(Stage):
     def batch_search(self, queries, k=100, *, progress=False, threads=2):
         a = self.first.batch_search(queries, k, progress=progress, threads=threads)
         b = self.second.batch_search(queries, k, progress=progress, threads=threads)
-        return {q.query_id: rrf([a.get(q.query_id, []), b.get(q.query_id, [])], self.weights, self.fusion_k,
-                                query_id=q.query_id)[:k] for q in queries}  # fmt: skip
+        return {
+            q.query_id: rrf(
+                [a.get(q.query_id, []), b.get(q.query_id, [])], self.weights, self.fusion_k, query_id=q.query_id
+            )[:k]
+            for q in queries
+        }
 
 
 STAGES: dict[str, type[Stage]] = {s.name: s for s in (BM25Stage, DenseStage, Hybrid)}

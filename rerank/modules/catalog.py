@@ -106,5 +106,7 @@ def task_verdict(task: str | os.PathLike) -> str | None:
         return None  # unreadable: loading it reports what is wrong
     if dev.earned():
         return None
-    return (f"{Path(task).name} is not used by --reranker auto: on its dev split the cross-encoder's MRR {dev.mrr} "
-            f"is below the bi-encoder's {dev.mrr_first_stage} (--reranker cross stacks it anyway)")
+    return (
+        f"{Path(task).name} is not used by --reranker auto: on its dev split the cross-encoder's MRR {dev.mrr} "
+        f"is below the bi-encoder's {dev.mrr_first_stage} (--reranker cross stacks it anyway)"
+    )

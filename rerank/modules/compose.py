@@ -109,6 +109,16 @@ class ComposedModel:
         self._checked: dict[int, object] = {}  # id -> in-memory module already checked
         self._plans: dict[tuple, dict] = {}  # module set (+ budgets) -> what it writes, prepared once (LRU)
 
+    def adopt_heads(self) -> None:
+        """Take in head parameters added to the model after it was composed (e.g. the list-aware head), so
+        modules carrying them write them in; prepared plans are dropped (they skipped those extras)."""
+        from rerank.backbone.fingerprints import encoder_name
+
+        for full, p in self.model.named_parameters():
+            if encoder_name(full) is None and strip_base_prefix(full) not in self.heads:
+                self.heads[strip_base_prefix(full)] = p
+        self._plans.clear()
+
     # -- loading ----------------------------------------------------------------------------------
     def load(self, module) -> object:
         """A module folder path or an in-memory :class:`Module`, validated against this backbone."""

@@ -61,8 +61,9 @@ class RowsDelta(nn.Module):
         return output + self.for_ids(args[0]).to(output.dtype)
 
 
-def target_weights(model, embeddings_rows: torch.Tensor | None = None, layers: int | None = None,
-                   ) -> dict[str, tuple[nn.Module, str]]:  # fmt: skip
+def target_weights(
+    model, embeddings_rows: torch.Tensor | None = None, layers: int | None = None
+) -> dict[str, tuple[nn.Module, str]]:
     """The weights a module adapts, by normalised name → (owning module, attribute): every linear weight
     of the encoder (``layers``: of its top this many layers only), and the word embeddings when
     ``embeddings_rows`` (the language's pieces) is given."""
@@ -98,8 +99,14 @@ def candidates(name: str, weight: torch.Tensor, embeddings_rows: torch.Tensor | 
     return None
 
 
-def choose(scores: dict[str, torch.Tensor], density: float, cands: dict[str, torch.Tensor | None], *,
-           per_tensor: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+def choose(
+    scores: dict[str, torch.Tensor],
+    density: float,
+    cands: dict[str, torch.Tensor | None],
+    *,
+    per_tensor: bool = True,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """Indices with the highest ``scores`` (None: random): ``density`` of each tensor's candidates
     (``per_tensor``), or of all candidates together (LT-SFT's global top-k)."""
     g = torch.Generator().manual_seed(seed)
@@ -137,8 +144,11 @@ def save_mask(work, chosen: dict[str, torch.Tensor], facts: dict | None = None) 
     p = Path(work)
     p.mkdir(parents=True, exist_ok=True)
     tmp = p / ".mask.safetensors.tmp"
-    save_file({n: i.to(torch.int64).contiguous() for n, i in chosen.items()}, str(tmp),
-              metadata={"facts": json.dumps(facts or {})})  # fmt: skip
+    save_file(
+        {n: i.to(torch.int64).contiguous() for n, i in chosen.items()},
+        str(tmp),
+        metadata={"facts": json.dumps(facts or {})},
+    )
     tmp.replace(p / "mask.safetensors")
 
 

@@ -243,8 +243,9 @@ def load_module(
         else:
             other = next((o for o in kinds.KINDS.values() if o.group != kind.group and o.owns(k)), None)
             if other is not None:
-                raise RerankError(f"module {p} is a {cfg.kind} module but holds {other.holds}",
-                                  hint="the module is damaged")  # fmt: skip
+                raise RerankError(
+                    f"module {p} is a {cfg.kind} module but holds {other.holds}", hint="the module is damaged"
+                )
             raise RerankError(f"module {p}: unexpected tensor {k!r}", hint="the module is damaged; rebuild it")
     payload = kind.read(own, cfg, shapes, p)
     kind.check_config(cfg, payload, p)
@@ -275,20 +276,24 @@ def quantize_module(module: Module, bits: int, block: int | None = None) -> Modu
     return Module(cfg, module.kind.quantize(module.payload, bits, block), dict(module.extras), None)
 
 
-def has_head(module) -> bool:
-    """Whether a module (folder or :class:`Module`) carries a ranking head (``extra.classifier.*``, or the
-    residual head's ``extra.residual_head.*``). A folder's weights file is not read, only its header; an
-    unreadable folder says no (loading it reports why)."""
-    heads = ("classifier.", "residual_head.")
+def extra_names(module) -> set[str]:
+    """The names of the dense extras a module (folder or :class:`Module`) carries. A folder's weights file is
+    not read, only its header; an unreadable folder carries none (loading it reports why)."""
     if isinstance(module, Module):
-        return any(n.startswith(heads) for n in module.extras)
+        return set(module.extras)
     try:
         from safetensors import safe_open
 
         with safe_open(str(Path(module) / WEIGHTS_FILE), framework="pt") as f:
-            return any(k.startswith(tuple(f"extra.{h}" for h in heads)) for k in f.keys())
+            return {k[len(EXTRA) :] for k in f.keys() if k.startswith(EXTRA)}
     except Exception:  # noqa: BLE001 - a missing or damaged file is reported when the module is loaded
-        return False
+        return set()
+
+
+def has_head(module) -> bool:
+    """Whether a module (folder or :class:`Module`) carries a ranking head (``extra.classifier.*``, or the
+    residual head's ``extra.residual_head.*``)."""
+    return any(n.startswith(("classifier.", "residual_head.")) for n in extra_names(module))
 
 
 def module_size(path: str | os.PathLike) -> int:

@@ -79,15 +79,27 @@ def import_peft(
         )
     payload, fields = kind.from_peft(src, pcfg, rest, shapes)
     recipe |= fields.pop("recipe", {})
-    cfg = ModuleConfig(kind=kind.name, role=role, language=language, base_model=base_model,
-                       base_fingerprint=fingerprint, recipe=recipe, data=data, **fields)  # fmt: skip
+    cfg = ModuleConfig(
+        kind=kind.name,
+        role=role,
+        language=language,
+        base_model=base_model,
+        base_fingerprint=fingerprint,
+        recipe=recipe,
+        data=data,
+        **fields,
+    )
     return Module(cfg, payload, extras)
 
 
 def export_peft(
-    module: Module, out: str | os.PathLike, *, model_type: str = "bert", head: bool | None = None,
+    module: Module,
+    out: str | os.PathLike,
+    *,
+    model_type: str = "bert",
+    head: bool | None = None,
     overwrite: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write ``module`` as a peft folder. ``head``: the keys name a sequence-classification model
     (``bert.encoder…``, for a cross-encoder) rather than a bare encoder (``encoder…``); by default, when
     the module carries a classification head."""
@@ -126,16 +138,29 @@ def export_peft(
 
 
 def from_adapters(
-    model, adapter_name: str, *, role: str, language: str, fingerprint: str, base_model: str = "",
-    recipe: dict | None = None, data: dict | None = None,
-) -> Module:  # fmt: skip
+    model,
+    adapter_name: str,
+    *,
+    role: str,
+    language: str,
+    fingerprint: str,
+    base_model: str = "",
+    recipe: dict | None = None,
+    data: dict | None = None,
+) -> Module:
     """A bottleneck adapter held by an ``adapters``-initialised model, as a module."""
     kind = kinds.get("adapter")
     payload, fields = kind.collect(model, adapter_name)
     cfg = ModuleConfig(
-        kind=kind.name, role=role, language=language, base_model=base_model, base_fingerprint=fingerprint,
-        recipe=recipe or {}, data=data or {}, **fields,
-    )  # fmt: skip
+        kind=kind.name,
+        role=role,
+        language=language,
+        base_model=base_model,
+        base_fingerprint=fingerprint,
+        recipe=recipe or {},
+        data=data or {},
+        **fields,
+    )
     return Module(cfg, payload)
 
 

@@ -31,9 +31,14 @@ class CrossEncoder:
     kind = "cross"
 
     def __init__(
-        self, model=None, *, device: str | None = None, max_length: int = DEFAULT_MAX_LENGTH, max_tokens: int = 2048,
+        self,
+        model=None,
+        *,
+        device: str | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        max_tokens: int = 2048,
         head_from_module: bool = False,
-    ):  # fmt: skip
+    ):
         """``head_from_module``: a backbone without a ranking head is given one whose values a task module
         brings (stacked through :class:`rerank.modules.ComposedModel`); :meth:`predict` refuses to score
         until one is stacked."""
@@ -53,9 +58,7 @@ class CrossEncoder:
         self.device = pick_device(device)
         self.tokenizer = load_tokenizer(self.info.path)
         self.model = load_weights(self.info.path, head=True, device=self.device, new_head=self.head_from_module)
-        from rerank.scoring import listhead
-
-        self.list_head = listhead.attach(self.model)  # inactive (zero) until a task module writes one in
+        self.list_head = None  # the list-aware head: attached only for a task module that brings one
         from rerank.scoring import residual
 
         residual.attach(self.model)  # inert until a task module writes one in
@@ -69,13 +72,24 @@ class CrossEncoder:
                 hint=f"use at least {specials + 2 * MIN_DOC_TOKENS}",
             )
 
-    def encode_pairs(self, pairs: Sequence[tuple[str, str]], prefixes: tuple[str, str] | None = None,
-                     ) -> tuple[list[list[int]], list[list[int]] | None, int]:  # fmt: skip
+    def attach_list_head(self) -> bool:
+        """Give the model the list-aware head (zero, inactive until a task module writes its values in); False
+        when the architecture has no place for one."""
+        from rerank.scoring import listhead
+
+        if self.list_head is None:
+            self.list_head = listhead.attach(self.model)
+        return self.list_head is not None
+
+    def encode_pairs(
+        self, pairs: Sequence[tuple[str, str]], prefixes: tuple[str, str] | None = None
+    ) -> tuple[list[list[int]], list[list[int]] | None, int]:
         """Token ids (and token types, for BERT-style tokenizers) per pair; how many queries were cut."""
         return encode_pairs(self.tokenizer, pairs, self.max_length, prefixes)
 
-    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False,
-                prior: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
+    def predict(
+        self, pairs: Sequence[tuple[str, str]], *, progress: bool = False, prior: Sequence[float] | None = None
+    ) -> np.ndarray:
         """One logit per (query, document) pair, in input order (float32). ``prior``: the bi-encoder's cosine of
         each pair, which the residual head starts from (computed here when not given)."""
         import torch
@@ -96,8 +110,10 @@ class CrossEncoder:
         if use_residual:
             if prior is None:
                 if self.prior_for is None:
-                    raise RerankError("the residual ranking head needs the bi-encoder's scores of the pairs",
-                                      hint="score through rerank.Reranker, which computes them")  # fmt: skip
+                    raise RerankError(
+                        "the residual ranking head needs the bi-encoder's scores of the pairs",
+                        hint="score through rerank.Reranker, which computes them",
+                    )
                 prior = self.prior_for(pairs)
             if len(prior) != len(pairs):
                 raise RerankError(f"{len(prior)} prior scores for {len(pairs)} pairs", hint="one per pair")
@@ -128,8 +144,9 @@ class CrossEncoder:
                     )
                 if use_residual:
                     where = torch.as_tensor(batch)
-                    got = self.model.residual_head(residual.mean_pooled(self.model, inputs),
-                                                   prior_t[where].to(self.device))  # fmt: skip
+                    got = self.model.residual_head(
+                        residual.mean_pooled(self.model, inputs), prior_t[where].to(self.device)
+                    )
                     scores[batch] = got.float().cpu().numpy()
                 elif list_aware:  # pooled vectors first; the list head needs each query's whole list
                     from rerank.scoring.listhead import pooled
@@ -149,8 +166,9 @@ class CrossEncoder:
         return scores
 
 
-def encode_pairs(tok, pairs: Sequence[tuple[str, str]], max_length: int, prefixes: tuple[str, str] | None = None,
-                 ) -> tuple[list[list[int]], list[list[int]] | None, int]:  # fmt: skip
+def encode_pairs(
+    tok, pairs: Sequence[tuple[str, str]], max_length: int, prefixes: tuple[str, str] | None = None
+) -> tuple[list[list[int]], list[list[int]] | None, int]:
     """Token ids (and token types, for BERT-style tokenizers) of each (query, document) pair within
     ``max_length``: the document is cut; the query too, when it alone would leave the document fewer than
     ``MIN_DOC_TOKENS``. Returns how many distinct queries were cut. Each distinct text is tokenized once.
@@ -160,8 +178,13 @@ def encode_pairs(tok, pairs: Sequence[tuple[str, str]], max_length: int, prefixe
         pairs = [(prefixes[0] + q, prefixes[1] + d) for q, d in pairs]
     queries = list(dict.fromkeys(q for q, _ in pairs))
     docs = list(dict.fromkeys(d for _, d in pairs))
-    kw = dict(add_special_tokens=False, truncation=False, return_attention_mask=False, return_token_type_ids=False,
-              verbose=False)  # fmt: skip
+    kw = dict(
+        add_special_tokens=False,
+        truncation=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+    )
     q_ids = dict(zip(queries, tok(queries, **kw)["input_ids"], strict=True)) if queries else {}
     d_ids = dict(zip(docs, tok(docs, **kw)["input_ids"], strict=True)) if docs else {}
     room = max_length - tok.num_special_tokens_to_add(pair=True)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -27,10 +28,17 @@ class Reranker:
     multilingual-e5-small."""
 
     def __init__(
-        self, model=None, kind: str = "auto", *, device: str | None = None, max_length: int | None = None,
-        modules: Sequence | None = None, module_density: float | None = None, module_rank: int | None = None,
+        self,
+        model=None,
+        kind: str = "auto",
+        *,
+        device: str | None = None,
+        max_length: int | None = None,
+        modules: Sequence | None = None,
+        module_density: float | None = None,
+        module_rank: int | None = None,
         head_from_module: bool | None = None,
-    ):  # fmt: skip
+    ):
         from rerank.modules.format import has_head
 
         if kind not in KINDS:
@@ -43,16 +51,17 @@ class Reranker:
         if kind == "cross":
             from rerank.scoring.cross import DEFAULT_MAX_LENGTH, CrossEncoder
 
-            self.scorer = CrossEncoder(info, device=device, max_length=max_length or DEFAULT_MAX_LENGTH,
-                                       head_from_module=head_from_module)  # fmt: skip
+            self.scorer = CrossEncoder(
+                info, device=device, max_length=max_length or DEFAULT_MAX_LENGTH, head_from_module=head_from_module
+            )
             if self.scorer.head_from_module:
-                self.scorer.head_ready = lambda: self._composer is not None and any(
-                    has_head(m) for m in self._composer.active
+                self.scorer.head_ready = lambda: (
+                    self._composer is not None and any(has_head(m) for m in self._composer.active)
                 )
             from rerank.scoring import residual
 
-            self.scorer.residual_active = lambda: self._composer is not None and any(
-                residual.carries(m) for m in self._composer.active
+            self.scorer.residual_active = lambda: (
+                self._composer is not None and any(residual.carries(m) for m in self._composer.active)
             )
             self.scorer.prior_for = self._prior
         else:
@@ -63,6 +72,7 @@ class Reranker:
         self.info = info
         self._composer = None
         self._prior_encoder = None
+        self._examined: set[str] = set()  # module folders whose extras prepare_for has looked at
         if modules:
             self.use_modules(modules, density=module_density, rank=module_rank)
 
@@ -80,16 +90,31 @@ class Reranker:
         """Stack ``modules`` (folders or Modules: language + task) into the scorer, replacing what was
         stacked; ``[]`` goes back to the base weights."""
         if modules:
+            self.prepare_for(modules)
             self.composer.switch(list(modules), density, rank)
         elif self._composer is not None:
             self._composer.revert()
         return self
 
+    def prepare_for(self, modules: Sequence) -> None:
+        """Give the scorer what ``modules`` need before they are stacked: the list-aware head, when one of them
+        brings it (no other model carries it)."""
+        if self.kind != "cross" or self.scorer.list_head is not None:
+            return
+        from rerank.modules.format import extra_names
+
+        fresh = [m for m in modules if not isinstance(m, str | os.PathLike) or str(m) not in self._examined]
+        self._examined |= {str(m) for m in fresh if isinstance(m, str | os.PathLike)}  # a switch reads no header twice
+        if any(n.startswith("list_head.") for m in fresh for n in extra_names(m)) and self.scorer.attach_list_head():
+            if self._composer is not None:
+                self._composer.adopt_heads()
+
     def __repr__(self) -> str:
         return f"Reranker(kind={self.kind!r}, model={str(self.info.path)!r})"
 
-    def predict(self, pairs: Sequence[tuple[str, str]], *, progress: bool = False,
-                prior: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
+    def predict(
+        self, pairs: Sequence[tuple[str, str]], *, progress: bool = False, prior: Sequence[float] | None = None
+    ) -> np.ndarray:
         """A score per (query, document) pair, in input order; higher is more relevant. ``prior``: the
         bi-encoder's cosine of each pair when the caller has it (the dense index's vectors), for a task module
         with the residual head; computed here otherwise."""
@@ -147,8 +172,9 @@ class Reranker:
         out = [ScoredDoc(query_id, candidates[i].doc_id, float(scores[i])) for i in order]
         return out[:top_k] if top_k is not None else out
 
-    def _order(self, query: str, texts: list[str], earlier: list[int], prior: Sequence[float] | None,
-               ) -> tuple[list[int], np.ndarray]:  # fmt: skip
+    def _order(
+        self, query: str, texts: list[str], earlier: list[int], prior: Sequence[float] | None
+    ) -> tuple[list[int], np.ndarray]:
         """Indices sorted by score (descending; ties by ``earlier``, the earlier rank), and the scores.
         Empty texts are not scored: they go last with score -inf."""
         full = [i for i, t in enumerate(texts) if t.strip()]
@@ -157,7 +183,8 @@ class Reranker:
             warn(f"{empty} of {len(texts)} documents have no text; they are ranked last")
         scores = np.full(len(texts), -np.inf, dtype=np.float32)
         if full:
-            scores[full] = self.predict([(query, texts[i]) for i in full],
-                                        prior=None if prior is None else [prior[i] for i in full])  # fmt: skip
+            scores[full] = self.predict(
+                [(query, texts[i]) for i in full], prior=None if prior is None else [prior[i] for i in full]
+            )
         order = sorted(range(len(texts)), key=lambda i: (-scores[i], earlier[i]))
         return order, scores

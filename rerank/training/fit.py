@@ -64,12 +64,32 @@ def fit_module(
     work = Path(work)
 
     def run(params: dict, loop_: LoopConfig, name: str, *, dev=None, checkpoint: str, step_loss=step_loss):
-        return train(params, step_loss, loop_, dev=dev, checkpoint_dir=work / checkpoint,
-                     desc=f"{language} {name}".strip(), progress=progress)  # fmt: skip
+        return train(
+            params,
+            step_loss,
+            loop_,
+            dev=dev,
+            checkpoint_dir=work / checkpoint,
+            desc=f"{language} {name}".strip(),
+            progress=progress,
+        )
 
     ctx = kinds.TrainContext(
-        model=model, spec=spec, loop=loop, fit=run, step_loss=step_loss, dev=dev, work=work, role=role,
-        language=language, recipe=recipe if recipe is not None else {}, extra_params=extra_params, vocab=vocab,
-        mlm_head=mlm_head, below=tuple(below), fingerprint=fingerprint, base_model=base_model,
-    )  # fmt: skip
+        model=model,
+        spec=spec,
+        loop=loop,
+        fit=run,
+        step_loss=step_loss,
+        dev=dev,
+        work=work,
+        role=role,
+        language=language,
+        recipe=recipe if recipe is not None else {},
+        extra_params=extra_params,
+        vocab=vocab,
+        mlm_head=mlm_head,
+        below=tuple(below),
+        fingerprint=fingerprint,
+        base_model=base_model,
+    )
     return k.train(ctx)

@@ -117,12 +117,14 @@ def train_language_module(
         p.requires_grad_(False)
     head_steps = cfg.head_steps if cfg.head_steps is not None else min(300, max(1, cfg.max_steps // 5))
     encoder.train()
-    base_cfg = dict(grad_accum=cfg.grad_accum, eval_every=cfg.eval_every, seed=cfg.seed,
-                    checkpoint_every=max(50, cfg.eval_every))  # fmt: skip
+    base_cfg = dict(
+        grad_accum=cfg.grad_accum, eval_every=cfg.eval_every, seed=cfg.seed, checkpoint_every=max(50, cfg.eval_every)
+    )
     head_params = {f"head.{n}": p for n, p in head.named_parameters()}
     head_loop = LoopConfig(max_steps=head_steps, lr=cfg.head_lr, patience=None, **base_cfg)
-    head_log = train(head_params, step_loss, head_loop, checkpoint_dir=work / "head", desc=f"{code} MLM head",
-                     progress=progress)  # fmt: skip
+    head_log = train(
+        head_params, step_loss, head_loop, checkpoint_dir=work / "head", desc=f"{code} MLM head", progress=progress
+    )
     for p in head.parameters():
         p.requires_grad_(False)
     dev_before = dev()
@@ -132,29 +134,62 @@ def train_language_module(
     fp = info.fingerprint
     common = dict(role="language", language=code, base_model=info.name, base_fingerprint=fp)
     recipe = {
-        "objective": "masked LM, whole-word masking 15%, restricted output vocabulary", "kind": cfg.kind,
-        "head_steps": head_log.steps, "head_lr": cfg.head_lr, "lr": lr, "max_steps": cfg.max_steps,
-        "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
-        "vocab": int(vocab.numel()), "embeddings": cfg.embeddings, "dev_loss_before": round(dev_before, 4),
-    }  # fmt: skip
-    trained = fit_module(cfg.kind, encoder, kinds.KindSpec.of(cfg), loop, step_loss, dev, work, role="language",
-                         language=code, recipe=recipe, vocab=vocab, mlm_head=head, fingerprint=fp,
-                         base_model=info.name, progress=progress)  # fmt: skip
+        "objective": "masked LM, whole-word masking 15%, restricted output vocabulary",
+        "kind": cfg.kind,
+        "head_steps": head_log.steps,
+        "head_lr": cfg.head_lr,
+        "lr": lr,
+        "max_steps": cfg.max_steps,
+        "seq_len": cfg.seq_len,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "seed": cfg.seed,
+        "vocab": int(vocab.numel()),
+        "embeddings": cfg.embeddings,
+        "dev_loss_before": round(dev_before, 4),
+    }
+    trained = fit_module(
+        cfg.kind,
+        encoder,
+        kinds.KindSpec.of(cfg),
+        loop,
+        step_loss,
+        dev,
+        work,
+        role="language",
+        language=code,
+        recipe=recipe,
+        vocab=vocab,
+        mlm_head=head,
+        fingerprint=fp,
+        base_model=info.name,
+        progress=progress,
+    )
     log = trained.log
     module = Module(ModuleConfig(kind=cfg.kind, **common, **trained.fields), trained.payload)
     recipe.update(
-        steps=log.steps, stopped=log.stopped, dev_loss=[(s, round(v, 4)) for s, v in log.dev],
+        steps=log.steps,
+        stopped=log.stopped,
+        dev_loss=[(s, round(v, 4)) for s, v in log.dev],
         dev_loss_best=None if log.best_dev is None else round(log.best_dev, 4),
         train_loss=[(s, round(v, 4)) for s, v in log.train_loss[:: max(1, len(log.train_loss) // 20)]],
-        tokens=log.tokens, seconds=round(time.perf_counter() - started, 1), resumed_from=log.resumed_from,
-    )  # fmt: skip
+        tokens=log.tokens,
+        seconds=round(time.perf_counter() - started, 1),
+        resumed_from=log.resumed_from,
+    )
     module.config.recipe = recipe
     module.config.data = {
-        "files": [{"path": str(Path(f).resolve()), "sha256": sha256_file(f), "bytes": Path(f).stat().st_size}
-                  for f in text_files],  # fmt: skip
-        "documents": len(docs), "train_documents": len(train_docs), "dev_documents": len(dev_docs),
-        "characters": sum(len(d) for d in docs), "script": found_script, "train_tokens_per_epoch": batches.tokens,
-    }  # fmt: skip
+        "files": [
+            {"path": str(Path(f).resolve()), "sha256": sha256_file(f), "bytes": Path(f).stat().st_size}
+            for f in text_files
+        ],
+        "documents": len(docs),
+        "train_documents": len(train_docs),
+        "dev_documents": len(dev_docs),
+        "characters": sum(len(d) for d in docs),
+        "script": found_script,
+        "train_tokens_per_epoch": batches.tokens,
+    }
     save_module(module, out, overwrite=overwrite)
     import shutil
 

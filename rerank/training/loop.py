@@ -73,8 +73,10 @@ def train(
     names = sorted(params)
     plist = [params[n] for n in names]
     rates = sorted({cfg.param_lr.get(n, cfg.lr) for n in names})
-    groups = [{"params": [p for n, p in zip(names, plist, strict=True) if cfg.param_lr.get(n, cfg.lr) == r], "lr": r}
-              for r in rates]  # fmt: skip
+    groups = [
+        {"params": [p for n, p in zip(names, plist, strict=True) if cfg.param_lr.get(n, cfg.lr) == r], "lr": r}
+        for r in rates
+    ]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.max_steps * cfg.warmup))
 

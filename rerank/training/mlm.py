@@ -58,8 +58,16 @@ class MaskedBatches:
     """Packs tokenized documents into sequences of ``seq_len`` and masks whole words; deterministic
     for a seed and step (so training can resume at a step)."""
 
-    def __init__(self, tokenizer, docs: Sequence[str], vocab: torch.Tensor, *, seq_len: int = 128,
-                 batch_size: int = 16, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        tokenizer,
+        docs: Sequence[str],
+        vocab: torch.Tensor,
+        *,
+        seq_len: int = 128,
+        batch_size: int = 16,
+        seed: int = 0,
+    ):
         self.tok = tokenizer
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.vocab = vocab

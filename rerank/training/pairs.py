@@ -76,11 +76,20 @@ def crop(text: str, target: int) -> str:
 
 
 def make_pairs(
-    docs_path: str | os.PathLike, out: str | os.PathLike, *, lang: str, method: str = "ict", negatives: int = 7,
+    docs_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    lang: str,
+    method: str = "ict",
+    negatives: int = 7,
     random_negatives: int = 0,
-    max_queries: int | None = None, teacher: bool = False, seed: int = 0, index: str | os.PathLike | None = None,
-    overwrite: bool = False, progress: bool = True,
-) -> dict:  # fmt: skip
+    max_queries: int | None = None,
+    teacher: bool = False,
+    seed: int = 0,
+    index: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Write synthetic training queries for ``docs_path`` to ``out`` (JSONL) and ``out``.json (how)."""
     import tempfile
 
@@ -95,8 +104,10 @@ def make_pairs(
     if method not in METHODS:
         raise RerankError(f"unknown --method {method!r}", hint=f"one of: {', '.join(METHODS)}")
     if not 0 <= random_negatives <= negatives:
-        raise RerankError(f"--random-negatives {random_negatives} is not between 0 and --negatives {negatives}",
-                          hint="e.g. --negatives 7 --random-negatives 3")  # fmt: skip
+        raise RerankError(
+            f"--random-negatives {random_negatives} is not between 0 and --negatives {negatives}",
+            hint="e.g. --negatives 7 --random-negatives 3",
+        )
     code = languages.code(lang)
     refuse_existing(out, overwrite)
     docs = list(read_docs(docs_path))
@@ -130,14 +141,20 @@ def make_pairs(
                 if x.doc_id.split("#", 1)[0] != page and x.doc_id not in taken and query not in x.contents:
                     taken.add(x.doc_id)
                     negs.append(ScoredDoc("", x.doc_id, 0.0))
-            rows.append({
-                "qid": f"{method}-{d.doc_id}", "query": query, "lang": code,
-                "positive": {"id": d.doc_id, "text": positive},
-                # negatives are formatted like the positive (body text, no title): a title holding the query
-                # would teach "the query's words mean not relevant"
-                "negatives": [{"id": n.doc_id, "text": crop(by_id[n.doc_id].text, len(positive)),
-                               "bm25": round(n.score, 4)} for n in negs],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "qid": f"{method}-{d.doc_id}",
+                    "query": query,
+                    "lang": code,
+                    "positive": {"id": d.doc_id, "text": positive},
+                    # negatives are formatted like the positive (body text, no title): a title holding the query
+                    # would teach "the query's words mean not relevant"
+                    "negatives": [
+                        {"id": n.doc_id, "text": crop(by_id[n.doc_id].text, len(positive)), "bm25": round(n.score, 4)}
+                        for n in negs
+                    ],
+                }
+            )
             if max_queries and len(rows) >= max_queries:
                 break
         bm25.close()
@@ -152,13 +169,19 @@ def make_pairs(
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     facts = {
-        "source": str(Path(docs_path).resolve()), "method": method, "lang": code, "queries": len(rows),
-        "negatives_per_query": negatives, "random_negatives": random_negatives,
+        "source": str(Path(docs_path).resolve()),
+        "method": method,
+        "lang": code,
+        "queries": len(rows),
+        "negatives_per_query": negatives,
+        "random_negatives": random_negatives,
         "negatives_from": "BM25 top hits over the same collection; the random ones: any document of another page",
         "negatives_cut": "to their first sentences, about the positive's length, when longer",
-        "documents": len(docs), "skipped_documents": skipped, "teacher": "bi-encoder (e5-small)" if teacher else None,
+        "documents": len(docs),
+        "skipped_documents": skipped,
+        "teacher": "bi-encoder (e5-small)" if teacher else None,
         "seed": seed,
-    }  # fmt: skip
+    }
     with atomic_write(f"{out}.json", overwrite=True) as f:
         f.write(json.dumps(facts, indent=1) + "\n")
     return facts
@@ -168,12 +191,25 @@ FILTERS = ("answer", "duplicate", "teacher")
 
 
 def pairs_from_qrels(
-    topics: str | os.PathLike, qrels: str | os.PathLike, index: str | os.PathLike, out: str | os.PathLike, *,
-    lang: str | None = None, first_stage: str = "dense", depth: int = 20, negatives: int = 7,
-    answers: str | os.PathLike | None = None, teacher: bool = True, teacher_margin: float | None = None,
-    dev_topics: list | tuple = (), max_queries: int | None = None, seed: int = 0, overwrite: bool = False,
-    progress: bool = True, model=None,
-) -> dict:  # fmt: skip
+    topics: str | os.PathLike,
+    qrels: str | os.PathLike,
+    index: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    lang: str | None = None,
+    first_stage: str = "dense",
+    depth: int = 20,
+    negatives: int = 7,
+    answers: str | os.PathLike | None = None,
+    teacher: bool = True,
+    teacher_margin: float | None = None,
+    dev_topics: list | tuple = (),
+    max_queries: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    model=None,
+) -> dict:
     """Training queries from real relevance data: each topic, its first relevant document as the positive, and
     ``negatives`` hard negatives drawn (at random, kept in rank order) from the top ``depth`` of the first stage
     the reranker will sit on (``first_stage``: bm25 | dense | hybrid | auto, over ``index``), with likely false
@@ -202,8 +238,10 @@ def pairs_from_qrels(
     if first_stage not in FIRST_STAGES:
         raise RerankError(f"unknown --first-stage {first_stage!r}", hint=f"one of: {', '.join(FIRST_STAGES)}")
     if depth <= negatives:
-        raise RerankError(f"--depth {depth} leaves no choice of {negatives} negatives",
-                          hint="about three times the negatives, e.g. --depth 20 --negatives 7")
+        raise RerankError(
+            f"--depth {depth} leaves no choice of {negatives} negatives",
+            hint="about three times the negatives, e.g. --depth 20 --negatives 7",
+        )
     refuse_existing(out, overwrite)
     queries = read_topics(topics, lang=lang)
     if max_queries:
@@ -215,8 +253,9 @@ def pairs_from_qrels(
             rel.setdefault(r.query_id, []).append(r.doc_id)
     queries = [q for q in queries if q.query_id in rel]
     if not queries:
-        raise RerankError(f"no topic of {topics} has a relevant document in {qrels}",
-                          hint="are they one collection's?")
+        raise RerankError(
+            f"no topic of {topics} has a relevant document in {qrels}", hint="are they one collection's?"
+        )
     ans = read_answers(answers) if answers else {}
     rng = random.Random(seed)
     counts = dict.fromkeys(FILTERS, 0)
@@ -271,10 +310,14 @@ def pairs_from_qrels(
                         texts[d] = doc
                         negs.append(d)
             rank = {d: i + 1 for i, d in enumerate(hits)}
-            row = {"qid": q.query_id, "query": q.text, "lang": q.lang,
-                   "positive": {"id": pos[0], "text": texts[pos[0]]},
-                   "negatives": [{"id": d, "text": texts[d], "rank": rank.get(d)} for d in negs],
-                   "positive_rank": positive_ranks[-1]}  # fmt: skip
+            row = {
+                "qid": q.query_id,
+                "query": q.text,
+                "lang": q.lang,
+                "positive": {"id": pos[0], "text": texts[pos[0]]},
+                "negatives": [{"id": d, "text": texts[d], "rank": rank.get(d)} for d in negs],
+                "positive_rank": positive_ranks[-1],
+            }
             if teacher:
                 row["teacher"] = [round(x, 5) for x in cos(qi, [pos[0], *negs])]
             rows.append(row)
@@ -286,18 +329,28 @@ def pairs_from_qrels(
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     facts = {
-        "method": "qrels", "topics": _file_fact(topics), "qrels": _file_fact(qrels),
+        "method": "qrels",
+        "topics": _file_fact(topics),
+        "qrels": _file_fact(qrels),
         "index": str(Path(index).resolve()),
-        "answers": _file_fact(answers) if answers else None, "lang": queries[0].lang, "queries": len(rows),
-        "first_stage": stage, "depth": depth, "negatives_per_query": negatives,
+        "answers": _file_fact(answers) if answers else None,
+        "lang": queries[0].lang,
+        "queries": len(rows),
+        "first_stage": stage,
+        "depth": depth,
+        "negatives_per_query": negatives,
         "negatives_from": f"{negatives} drawn at random from the {stage} first stage's top {depth} (rank order kept)",
-        "filtered": counts, "teacher_margin": teacher_margin,
-        "positive_in_first_stage_top": {"depth": depth, "share": round(sum(1 for r in found if r <= depth)
-                                                                        / max(1, len(positive_ranks)), 4)},
+        "filtered": counts,
+        "teacher_margin": teacher_margin,
+        "positive_in_first_stage_top": {
+            "depth": depth,
+            "share": round(sum(1 for r in found if r <= depth) / max(1, len(positive_ranks)), 4),
+        },
         "positive_first": round(sum(1 for r in found if r == 1) / max(1, len(positive_ranks)), 4),
         "teacher": "bi-encoder cosine from the index's vectors" if teacher else None,
-        "dev_topics_checked": {"files": [str(f) for f in dev_topics], "queries": checked}, "seed": seed,
-    }  # fmt: skip
+        "dev_topics_checked": {"files": [str(f) for f in dev_topics], "queries": checked},
+        "seed": seed,
+    }
     with atomic_write(f"{out}.json", overwrite=True) as f:
         f.write(json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
     return facts
@@ -423,9 +476,15 @@ def _irds_pairs(dataset_id: str, max_queries: int | None) -> list[dict]:
         positive = pairs[0][0]
         negatives = list(dict.fromkeys(b for a, b in pairs if a == positive and b in docs))
         if qid in queries and positive in docs and negatives:
-            rows.append({"qid": qid, "query": queries[qid], "lang": "",
-                         "positive": {"id": positive, "text": docs[positive]},
-                         "negatives": [{"id": n, "text": docs[n]} for n in negatives]})  # fmt: skip
+            rows.append(
+                {
+                    "qid": qid,
+                    "query": queries[qid],
+                    "lang": "",
+                    "positive": {"id": positive, "text": docs[positive]},
+                    "negatives": [{"id": n, "text": docs[n]} for n in negatives],
+                }
+            )
     if not rows:
         raise RerankError(f"{dataset_id} gave no training queries", hint="is it a triples dataset?")
     return rows

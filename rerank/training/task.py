@@ -99,9 +99,16 @@ def prior_losses(rows: list[dict], negatives: int) -> list[float]:
     return [float(x) + 0.01 for x in loss]
 
 
-def group_scores(model, tok, rows: list[dict], negatives: int, max_length: int,
-                 list_head: bool = False, max_tokens: int = 2048, residual: bool = False,
-                 ) -> tuple[torch.Tensor, int]:  # fmt: skip
+def group_scores(
+    model,
+    tok,
+    rows: list[dict],
+    negatives: int,
+    max_length: int,
+    list_head: bool = False,
+    max_tokens: int = 2048,
+    residual: bool = False,
+) -> tuple[torch.Tensor, int]:
     """Logits (len(rows), 1 + negatives) of each query against its positive and negatives (``list_head``:
     through the list-aware head, each group being one candidate list; ``residual``: through the residual head,
     from the rows' bi-encoder cosines, :mod:`rerank.scoring.residual`). The pairs run in length-sorted
@@ -180,8 +187,9 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
     from rerank.scoring.cross import encode_pairs
 
     is_res = cfg.head in ("residual", "mean")
-    ids, types, _ = encode_pairs(tok, list(zip(firsts, seconds, strict=True)), cfg.max_length,
-                                 res.PAIR_PREFIXES if is_res else None)  # fmt: skip
+    ids, types, _ = encode_pairs(
+        tok, list(zip(firsts, seconds, strict=True)), cfg.max_length, res.PAIR_PREFIXES if is_res else None
+    )
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     base = getattr(model, model.base_model_prefix)
     feats = torch.zeros(len(ids), model.config.hidden_size)
@@ -245,8 +253,9 @@ def ranking_loss(scores: torch.Tensor, loss: str, teacher: torch.Tensor | None =
         return torch.nn.functional.mse_loss(pos - neg, t[:, :1] - t[:, 1:])
     # listwise-kd: the label's cross-entropy plus the KL divergence from the teacher's distribution over the group
     label = torch.nn.functional.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long))
-    kd = torch.nn.functional.kl_div(torch.log_softmax(scores, -1), torch.log_softmax(t, -1), log_target=True,
-                                    reduction="batchmean")  # fmt: skip
+    kd = torch.nn.functional.kl_div(
+        torch.log_softmax(scores, -1), torch.log_softmax(t, -1), log_target=True, reduction="batchmean"
+    )
     return label + kd
 
 
@@ -299,11 +308,16 @@ def train_task_module(
     rows = [r for p in sources for r in read_pairs(p, max_queries=need)]
     if cfg.max_queries:
         rows = rows[: cfg.max_queries]
-    for what, wanted in ((cfg.loss, cfg.loss in TEACHER_LOSSES), ("the residual head", cfg.head != "plain"),
-                         ("--hard-fraction", cfg.hard_fraction > 0)):
+    for what, wanted in (
+        (cfg.loss, cfg.loss in TEACHER_LOSSES),
+        ("the residual head", cfg.head != "plain"),
+        ("--hard-fraction", cfg.hard_fraction > 0),
+    ):
         if wanted and any("teacher" not in r for r in rows):
-            raise RerankError(f"{what} needs teacher scores (the bi-encoder's) in every training query",
-                              hint="rerank train pairs --teacher")  # fmt: skip
+            raise RerankError(
+                f"{what} needs teacher scores (the bi-encoder's) in every training query",
+                hint="rerank train pairs --teacher",
+            )
     dev_files = [str(f) for f in dev_topics or ()]
     if dev_files:
         from rerank.collections.splits import check_disjoint
@@ -335,8 +349,10 @@ def train_task_module(
         from rerank.scoring.listhead import attach
 
         if attach(net) is None:
-            raise RerankError("--list-head needs a BERT-style model (a pooler, then a linear classifier)",
-                              hint="train without --list-head")  # fmt: skip
+            raise RerankError(
+                "--list-head needs a BERT-style model (a pooler, then a linear classifier)",
+                hint="train without --list-head",
+            )
     residual = cfg.head in ("residual", "mean")
     if residual:
         from rerank.scoring import residual as res
@@ -387,8 +403,9 @@ def train_task_module(
         rr, losses = [], []
         with torch.no_grad():
             for j in range(0, len(dev_rows), 4):
-                scores, _ = group_scores(net, tok, dev_rows[j : j + 4], cfg.negatives, cfg.max_length, cfg.list_head,
-                                         residual=residual)  # fmt: skip
+                scores, _ = group_scores(
+                    net, tok, dev_rows[j : j + 4], cfg.negatives, cfg.max_length, cfg.list_head, residual=residual
+                )
                 rank = 1 + (scores[:, 1:] >= scores[:, :1]).sum(dim=1)  # ties count against the positive
                 rr += (1.0 / rank.float()).tolist()
                 losses += (-torch.log_softmax(scores.float(), dim=1)[:, 0]).tolist()
@@ -411,28 +428,72 @@ def train_task_module(
         if cfg.probe_queries:  # LP-FT: the new head first learns on the frozen encoder's features
             probe = probe_head(net, tok, train_rows, cfg, list(head.values()), progress)
         mrr_probed = dev_mrr() if probe else None
-        _save_work_state(work, {"dev_mrr_before": mrr_before, "probe": probe, "dev_mrr_after_probe": mrr_probed,
-                                "setup_seconds": round(time.perf_counter() - started, 1)}, head)  # fmt: skip
+        _save_work_state(
+            work,
+            {
+                "dev_mrr_before": mrr_before,
+                "probe": probe,
+                "dev_mrr_after_probe": mrr_probed,
+                "setup_seconds": round(time.perf_counter() - started, 1),
+            },
+            head,
+        )
     lr = cfg.lr or TASK_LR[cfg.kind]
-    loop = LoopConfig(max_steps=cfg.max_steps, lr=lr, time_budget=cfg.time_budget, patience=cfg.patience,
-                      grad_accum=cfg.grad_accum, eval_every=cfg.eval_every, seed=cfg.seed,
-                      checkpoint_every=max(50, cfg.eval_every))  # fmt: skip
-    recipe = {"objective": f"ranking, {cfg.loss} loss", "kind": cfg.kind, "loss": cfg.loss, "lr": lr,
-              "head_lr": cfg.head_lr, "max_steps": cfg.max_steps, "batch_queries": cfg.batch_queries,
-              "negatives": cfg.negatives,
-              "max_length": cfg.max_length, "seed": cfg.seed, "language_module": lang_record,
-              "head": cfg.head if residual else
-              "list-aware (attention over the candidate list)" if cfg.list_head else "plain",
-              "layers": cfg.layers, "hard_fraction": cfg.hard_fraction,
-              "dev_mrr_before": round(mrr_before, 4), "probe": probe,
-              "dev_mrr_after_probe": None if mrr_probed is None else round(mrr_probed, 4)}  # fmt: skip
+    loop = LoopConfig(
+        max_steps=cfg.max_steps,
+        lr=lr,
+        time_budget=cfg.time_budget,
+        patience=cfg.patience,
+        grad_accum=cfg.grad_accum,
+        eval_every=cfg.eval_every,
+        seed=cfg.seed,
+        checkpoint_every=max(50, cfg.eval_every),
+    )
+    recipe = {
+        "objective": f"ranking, {cfg.loss} loss",
+        "kind": cfg.kind,
+        "loss": cfg.loss,
+        "lr": lr,
+        "head_lr": cfg.head_lr,
+        "max_steps": cfg.max_steps,
+        "batch_queries": cfg.batch_queries,
+        "negatives": cfg.negatives,
+        "max_length": cfg.max_length,
+        "seed": cfg.seed,
+        "language_module": lang_record,
+        "head": cfg.head
+        if residual
+        else "list-aware (attention over the candidate list)"
+        if cfg.list_head
+        else "plain",
+        "layers": cfg.layers,
+        "hard_fraction": cfg.hard_fraction,
+        "dev_mrr_before": round(mrr_before, 4),
+        "probe": probe,
+        "dev_mrr_after_probe": None if mrr_probed is None else round(mrr_probed, 4),
+    }
+
     def dev():  # the loop minimises: 1 − MRR, or the listwise loss (smoother where MRR is near its ceiling)
         mrr, loss = dev_figures()
         return (loss if cfg.select == "loss" else 1.0 - mrr), {"mrr": round(mrr, 4), "loss": round(loss, 4)}
 
-    trained = fit_module(cfg.kind, net, kinds.KindSpec.of(cfg), loop, step_loss, dev, work, role="task",
-                         language=code, recipe=recipe, extra_params=head, below=below, fingerprint=info.fingerprint,
-                         base_model=info.name, progress=progress)  # fmt: skip
+    trained = fit_module(
+        cfg.kind,
+        net,
+        kinds.KindSpec.of(cfg),
+        loop,
+        step_loss,
+        dev,
+        work,
+        role="task",
+        language=code,
+        recipe=recipe,
+        extra_params=head,
+        below=below,
+        fingerprint=info.fingerprint,
+        base_model=info.name,
+        progress=progress,
+    )
     log, net = trained.log, trained.model
     if residual:
         head = {n: p for n, p in net.named_parameters() if strip_base_prefix(n).startswith(res.PREFIX)}
@@ -440,27 +501,39 @@ def train_task_module(
     common = dict(role="task", language=code, base_model=info.name, base_fingerprint=info.fingerprint)
     module = Module(ModuleConfig(kind=cfg.kind, **common, **trained.fields), trained.payload, extras)
     recipe.update(
-        steps=log.steps, stopped=log.stopped, dev_mrr=[(s, info["mrr"]) for s, info in log.dev_info],
-        dev_loss=[(s, info["loss"]) for s, info in log.dev_info], selected_by=f"dev {cfg.select}",
+        steps=log.steps,
+        stopped=log.stopped,
+        dev_mrr=[(s, info["mrr"]) for s, info in log.dev_info],
+        dev_loss=[(s, info["loss"]) for s, info in log.dev_info],
+        selected_by=f"dev {cfg.select}",
         dev_mrr_best=_best_mrr(log),
         train_loss=[(s, round(v, 4)) for s, v in log.train_loss[:: max(1, len(log.train_loss) // 20)]],
-        tokens=log.tokens, resumed_from=log.resumed_from,
-    )  # fmt: skip
+        tokens=log.tokens,
+        resumed_from=log.resumed_from,
+    )
     recipe.update(dev_checks(module, lang_module, model, dev_rows, cfg.negatives, cfg.max_length))
     session = time.perf_counter() - started
     # wall time over every session of an interrupted run: the training loop's own clock (carried in its
     # checkpoints), the first session's set-up, and this session's set-up and final checks
     earlier_setup = float((resumed or {}).get("setup_seconds", 0.0))
-    recipe.update(seconds=round(log.seconds + earlier_setup + max(0.0, session - _loop_seconds(log)), 1),
-                  loop_seconds=round(log.seconds, 1), sessions=int((resumed or {}).get("sessions", 1)))
+    recipe.update(
+        seconds=round(log.seconds + earlier_setup + max(0.0, session - _loop_seconds(log)), 1),
+        loop_seconds=round(log.seconds, 1),
+        sessions=int((resumed or {}).get("sessions", 1)),
+    )
     module.config.recipe = recipe
     if from_file:
         files = [{"pairs": str(Path(p).resolve()), "sha256": sha256_file(p), **_pairs_facts(Path(p))} for p in sources]
         source = files[0] if len(files) == 1 else {"pairs": files}
     else:
         source = {"ir_datasets": ", ".join(str(p) for p in sources)}
-    module.config.data = {**source, "queries": len(rows), "train_queries": len(train_rows),
-                          "dev_queries": len(dev_rows), "dev_topics_checked": dev_files}  # fmt: skip
+    module.config.data = {
+        **source,
+        "queries": len(rows),
+        "train_queries": len(train_rows),
+        "dev_queries": len(dev_rows),
+        "dev_topics_checked": dev_files,
+    }
     save_module(module, out, overwrite=overwrite)
     import shutil
 
@@ -484,8 +557,19 @@ def _pairs_facts(path: Path) -> dict:
         raw = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    keep = ("method", "lang", "queries", "first_stage", "depth", "negatives_per_query", "filtered", "topics", "qrels",
-            "source", "teacher")  # fmt: skip
+    keep = (
+        "method",
+        "lang",
+        "queries",
+        "first_stage",
+        "depth",
+        "negatives_per_query",
+        "filtered",
+        "topics",
+        "qrels",
+        "source",
+        "teacher",
+    )
     return {"made": {k: raw[k] for k in keep if k in raw}} if isinstance(raw, dict) else {}
 
 
@@ -518,8 +602,10 @@ def _work_state(work: Path, head: dict) -> dict | None:
     except (OSError, ValueError):
         return None
     if set(tensors) != set(head) or any(tensors[n].shape != p.shape for n, p in head.items()):
-        raise RerankError(f"{work} holds an interrupted run with another head",
-                          hint=f"delete {work} to start over, or resume with the same settings")  # fmt: skip
+        raise RerankError(
+            f"{work} holds an interrupted run with another head",
+            hint=f"delete {work} to start over, or resume with the same settings",
+        )
     with torch.no_grad():
         for n, p in head.items():
             p.copy_(tensors[n])
@@ -553,8 +639,13 @@ def dev_checks(module, lang_module, model, dev_rows: list[dict], negatives: int,
     from rerank.indexes.fusion import DEFAULT_K
     from rerank.scoring.reranker import Reranker
 
-    rr = Reranker(model, kind="cross", max_length=max_length, head_from_module=True,
-                  modules=[lang_module, module] if lang_module else [module])  # fmt: skip
+    rr = Reranker(
+        model,
+        kind="cross",
+        max_length=max_length,
+        head_from_module=True,
+        modules=[lang_module, module] if lang_module else [module],
+    )
     found: dict[int, list[float]] = {0: [], 1: []}
     kept: list[list[float]] = []
     for shift in (0, 1):
@@ -568,8 +659,11 @@ def dev_checks(module, lang_module, model, dev_rows: list[dict], negatives: int,
             found[shift].append(_rr(s))
             if shift == 0:
                 kept.append(s)
-    out = {"dev_mrr_composed": round(_mean(found[0]), 4), "dev_mrr_shuffled_queries": round(_mean(found[1]), 4),
-           "dev_mrr_random": round(_random_mrr(1 + negatives), 4)}  # fmt: skip
+    out = {
+        "dev_mrr_composed": round(_mean(found[0]), 4),
+        "dev_mrr_shuffled_queries": round(_mean(found[1]), 4),
+        "dev_mrr_random": round(_random_mrr(1 + negatives), 4),
+    }
     if dev_rows and all("teacher" in r for r in dev_rows):
         teacher = [list(r["teacher"][: len(s)]) for r, s in zip(dev_rows, kept, strict=True)]
         out["dev_mrr_teacher"] = round(_mean([_rr(t) for t in teacher]), 4)
@@ -580,11 +674,16 @@ def dev_checks(module, lang_module, model, dev_rows: list[dict], negatives: int,
 def fusion_choice(cross: list[list[float]], first: list[list[float]], k: float) -> dict:
     """The first stage's RRF weight (the cross-encoder's is 1) with the best MRR over groups whose entry 0
     is the positive; ties go to the smaller weight."""
-    grid = {w: _mean([_rr(_rrf_scores(c, f, w, k)) for c, f in zip(cross, first, strict=True)])
-            for w in FUSION_WEIGHTS}  # fmt: skip
+    grid = {
+        w: _mean([_rr(_rrf_scores(c, f, w, k)) for c, f in zip(cross, first, strict=True)]) for w in FUSION_WEIGHTS
+    }
     best = max(FUSION_WEIGHTS, key=lambda w: (round(grid[w], 6), -w))
-    return {"k": k, "first_stage_weight": best, "dev_mrr": round(grid[best], 4),
-            "dev_mrr_by_weight": {str(w): round(v, 4) for w, v in grid.items()}}  # fmt: skip
+    return {
+        "k": k,
+        "first_stage_weight": best,
+        "dev_mrr": round(grid[best], 4),
+        "dev_mrr_by_weight": {str(w): round(v, 4) for w, v in grid.items()},
+    }
 
 
 def _mean(xs: list[float]) -> float:
@@ -626,8 +725,9 @@ def recheck_task_module(path, pairs_path, model=None, progress: bool = True) -> 
     if cfg.role != "task" or "negatives" not in recipe:
         raise RerankError(f"{path} is not a trained task module", hint="give a folder written by rerank train task")
     if data.get("sha256") and data["sha256"] != sha256_file(p):
-        raise RerankError(f"{p} is not the pairs file {path} was trained on (its sha256 differs)",
-                          hint=f"give {data.get('pairs')}")  # fmt: skip
+        raise RerankError(
+            f"{p} is not the pairs file {path} was trained on (its sha256 differs)", hint=f"give {data.get('pairs')}"
+        )
     rows = read_pairs(p, max_queries=data.get("queries"))
     _, dev_rows = _split(rows)
     below = (recipe.get("language_module") or {}).get("path")

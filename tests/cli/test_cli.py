@@ -324,8 +324,19 @@ def test_search_table_shows_first_stage_rank_beside_the_reranked_rank(capsys, hy
     code, stdout, _ = rerank(capsys, "search", "--index", hybrid_index, "--lang", "ky", "--model", tiny_bert, query)
     assert code == 0 and "dense · " in stdout and "reranked" not in stdout  # auto: no bi after its own dense
     code, stdout, _ = rerank(
-        capsys, "search", "--index", hybrid_index, "--lang", "ky", "--model", tiny_bert, "--reranker", "bi",
-        "--first-stage", "hybrid", query,
+        capsys,
+        "search",
+        "--index",
+        hybrid_index,
+        "--lang",
+        "ky",
+        "--model",
+        tiny_bert,
+        "--reranker",
+        "bi",
+        "--first-stage",
+        "hybrid",
+        query,
     )
     assert code == 0, stdout
     assert "hybrid+bi" in stdout and "reranked top 100" in stdout

@@ -67,9 +67,9 @@ def test_a_translation_keeps_only_its_translated_paragraphs(tmp_path):
     en.write_text(PAGE, encoding="utf-8")
     # the Turkish page as a translation leaves it: the heading and the first paragraph translated, the rest not
     translated = PAGE.replace("Find Bar", "Bul Çubuğu").replace(
-        "The <span class=\"menuitem\">Find</span> toolbar can be used to quickly search the\n  contents of "
+        'The <span class="menuitem">Find</span> toolbar can be used to quickly search the\n  contents of '
         "documents, and it opens at the bottom of the window.",
-        "<span class=\"menuitem\">Bul</span> araç çubuğu belgelerin içeriğinde hızlıca arama yapmak için "
+        '<span class="menuitem">Bul</span> araç çubuğu belgelerin içeriğinde hızlıca arama yapmak için '
         "kullanılır ve pencerenin altında açılır.",
     )
     assert translated != PAGE.replace("Find Bar", "Bul Çubuğu")

@@ -11,16 +11,26 @@ import pytest
 from rerank.errors import RerankError
 from tests.conftest import raises_at, write
 
-QED_LINE = {"example_id": -6245382849917687110, "question_text": "what is the medical term for webbed toes",
-            "paragraph_text": "Webbed toes is the common name for syndactyly affecting the feet .",
-            "title_text": "Webbed toes", "answer_text": ["syndactyly affecting the feet"], "answer_spans": [[35, 64]]}
+QED_LINE = {
+    "example_id": -6245382849917687110,
+    "question_text": "what is the medical term for webbed toes",
+    "paragraph_text": "Webbed toes is the common name for syndactyly affecting the feet .",
+    "title_text": "Webbed toes",
+    "answer_text": ["syndactyly affecting the feet"],
+    "answer_spans": [[35, 64]],
+}
 
 
 def _qed(tmp_path, n=40):
     lines = []
     for i in range(n):
-        rec = dict(QED_LINE, example_id=1000 + i, question_text=f"question {i} about item {i // 2}",
-                   paragraph_text=f"Paragraph {i // 2} says where item {i // 2} is .", answer_text=[f"item {i // 2}"])
+        rec = dict(
+            QED_LINE,
+            example_id=1000 + i,
+            question_text=f"question {i} about item {i // 2}",
+            paragraph_text=f"Paragraph {i // 2} says where item {i // 2} is .",
+            answer_text=[f"item {i // 2}"],
+        )
         lines.append(json.dumps(rec))
     return write(tmp_path / "qed.jsonlines", "\n".join(lines) + "\n")
 
@@ -55,9 +65,26 @@ def test_qed_lines_become_a_collection_split_by_passage(tmp_path):
 def test_squad_json_and_bad_records(tmp_path):
     from rerank.collections.qa import read_qa
 
-    squad = {"data": [{"title": "Webbed toes", "paragraphs": [{"context": QED_LINE["paragraph_text"], "qas": [
-        {"id": "a1", "question": QED_LINE["question_text"], "answers": [{"text": "syndactyly", "answer_start": 35}]},
-        {"id": "a2", "question": "an unanswerable one", "answers": [], "is_impossible": True}]}]}]}
+    squad = {
+        "data": [
+            {
+                "title": "Webbed toes",
+                "paragraphs": [
+                    {
+                        "context": QED_LINE["paragraph_text"],
+                        "qas": [
+                            {
+                                "id": "a1",
+                                "question": QED_LINE["question_text"],
+                                "answers": [{"text": "syndactyly", "answer_start": 35}],
+                            },
+                            {"id": "a2", "question": "an unanswerable one", "answers": [], "is_impossible": True},
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     recs = list(read_qa(write(tmp_path / "squad.json", json.dumps(squad))))
     assert [(r.qid, r.answers) for r in recs] == [("a1", ("syndactyly",))]
     bad = write(tmp_path / "bad.jsonl", json.dumps(QED_LINE) + "\n" + json.dumps({"question_text": "q?"}) + "\n")
@@ -107,8 +134,15 @@ def _mo(path, messages: dict[str, str]):
 def test_mo_catalogues_give_translated_messages(tmp_path):
     from rerank.collections.parallel import read_mo
 
-    f = _mo(tmp_path / "ky.mo", {"": "Content-Type: text/plain; charset=UTF-8\n", "~Open File": "Файлды ~ачуу",
-                                 "Same": "Same", "menu\x04Save": "Сактоо"})
+    f = _mo(
+        tmp_path / "ky.mo",
+        {
+            "": "Content-Type: text/plain; charset=UTF-8\n",
+            "~Open File": "Файлды ~ачуу",
+            "Same": "Same",
+            "menu\x04Save": "Сактоо",
+        },
+    )
     got = {(p.text, p.en) for p in read_mo(f, "ky")}
     assert got == {("Файлды ачуу", "Open File"), ("Сактоо", "Save")}
     with pytest.raises(RerankError, match="not a readable .mo"):
@@ -132,8 +166,9 @@ def test_lohelp_pages_align_by_paragraph_id_and_split_by_page(tmp_path):
             f.write_text(page([word, word, "Paragraph"], i), encoding="utf-8")
     pairs = list(lohelp_paragraphs(tmp_path / "en-US", tmp_path / "tr", "tr"))
     assert len(pairs) == 40 and all(p.group == p.pair_id.split("#")[0] for p in pairs)
-    facts = build_parallel_collection(pairs, tmp_path / "c", name="lo", dev_fraction=0.3, max_train=10,
-                                      separate_train_pool=True)
+    facts = build_parallel_collection(
+        pairs, tmp_path / "c", name="lo", dev_fraction=0.3, max_train=10, separate_train_pool=True
+    )
     train = read_topics(tmp_path / "c" / "topics.train.tr.tsv")
     assert 10 <= len(train) <= 11  # whole pages: the cap stops at a page boundary
     assert facts["train_documents"] and (tmp_path / "c" / "docs.train.en.jsonl").is_file()
@@ -151,8 +186,9 @@ def test_a_dev_set_sharing_a_training_query_is_refused(tmp_path):
 def test_the_commands_build_collections_and_bad_input_is_one_line(tmp_path, capsys):
     from tests.cli.test_cli import assert_one_line_error, rerank
 
-    code, out, err = rerank(capsys, "collections", "build-qa", "--qa", _qed(tmp_path), "--out", tmp_path / "qa",
-                            "--dev-fraction", "0.3")  # fmt: skip
+    code, out, err = rerank(
+        capsys, "collections", "build-qa", "--qa", _qed(tmp_path), "--out", tmp_path / "qa", "--dev-fraction", "0.3"
+    )
     assert code == 0 and "20 passages" in out and "dev en" in out, err
     assert json.loads((tmp_path / "qa" / "collection.json").read_text())["split"]["dev_fraction"] == 0.3
     code, _, err = rerank(capsys, "collections", "build-qa", "--qa", _qed(tmp_path), "--out", tmp_path / "qa")
@@ -164,8 +200,9 @@ def test_the_commands_build_collections_and_bad_input_is_one_line(tmp_path, caps
     assert_one_line_error(code, err, "is not LANG=PATH")
     code, _, err = rerank(capsys, "collections", "build-parallel", "--out", tmp_path / "p3")
     assert_one_line_error(code, err, "no parallel text given")
-    code, _, err = rerank(capsys, "collections", "build-parallel", "--lohelp", f"tr={tmp_path}", "--out",
-                          tmp_path / "p4")
+    code, _, err = rerank(
+        capsys, "collections", "build-parallel", "--lohelp", f"tr={tmp_path}", "--out", tmp_path / "p4"
+    )
     assert_one_line_error(code, err, "--lohelp needs --lohelp-en")
     code, _, err = rerank(capsys, "collections", "build-qa", "--qa", tmp_path / "missing", "--out", tmp_path / "q2")
     assert_one_line_error(code, err, "not found")

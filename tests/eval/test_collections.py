@@ -23,8 +23,10 @@ def clef_root(tmp_path, udhr_dir):
                 f.write(f"<DOC>\n<DOCNO>{d.doc_id}</DOCNO>\n<TI>{d.title}</TI>\n<TEXT>\n{d.text}\n</TEXT>\n</DOC>\n")
     with (root / "topics" / "Top-ky03.txt").open("w", encoding="utf-8") as f:
         for q in read_topics(udhr_dir / "topics.ky.tsv", lang="ky"):
-            f.write(f"<top>\n<num> {q.query_id} </num>\n<KY-title> {q.text[:60]} </KY-title>\n"
-                    f"<KY-desc> {q.text} </KY-desc>\n<KY-narr> </KY-narr>\n</top>\n\n")  # fmt: skip
+            f.write(
+                f"<top>\n<num> {q.query_id} </num>\n<KY-title> {q.text[:60]} </KY-title>\n"
+                f"<KY-desc> {q.text} </KY-desc>\n<KY-narr> </KY-narr>\n</top>\n\n"
+            )
     (root / "qrels" / "qrels_german").write_text((udhr_dir / "qrels.de.txt").read_text(), encoding="utf-8")
     return root
 
@@ -39,7 +41,13 @@ def test_clef_layout_to_grid_files(tmp_path, udhr_dir):
     assert facts["documents"] == 59 and facts["topics"] == 31 and facts["topics_with_relevant"] == 31
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "docs.de.jsonl", "grid.toml", "qrels.de.txt", "topics.ky.desc.tsv", "topics.ky.tsv"]  # fmt: skip
+        "README.md",
+        "docs.de.jsonl",
+        "grid.toml",
+        "qrels.de.txt",
+        "topics.ky.desc.tsv",
+        "topics.ky.tsv",
+    ]
     title = read_topics(out / "topics.ky.tsv")[1]
     desc = read_topics(out / "topics.ky.desc.tsv")[1]
     assert len(desc.text) > len(title.text) and desc.text.startswith(title.text)
@@ -55,8 +63,7 @@ def test_clef_layout_to_grid_files(tmp_path, udhr_dir):
         prepare("clef2003", tmp_path / "o4", root=tmp_path / "nope", doc_lang="de", topic_lang="ky")
 
 
-def test_hc4_layout_and_cli(tmp_path, udhr_dir, capsys):
-    from rerank.cli.main import main
+def test_hc4_layout_and_cli(cli, tmp_path, udhr_dir, capsys):
     from rerank.collections.docs import read_docs
     from rerank.collections.topics import read_topics
 
@@ -69,20 +76,23 @@ def test_hc4_layout_and_cli(tmp_path, udhr_dir, capsys):
     tr = {q.query_id: q for q in read_topics(udhr_dir / "topics.tr.tsv", lang="tr")}
     with (root / "hc4-test.topics.v1-0.jsonl").open("w", encoding="utf-8") as f:
         for q in en:
-            topics = [{"lang": "eng", "source": "original", "topic_title": q.text, "topic_description": q.text},
-                      {"lang": "tur", "source": "human translation", "topic_title": tr[q.query_id].text,
-                       "topic_description": tr[q.query_id].text}]  # fmt: skip
+            topics = [
+                {"lang": "eng", "source": "original", "topic_title": q.text, "topic_description": q.text},
+                {
+                    "lang": "tur",
+                    "source": "human translation",
+                    "topic_title": tr[q.query_id].text,
+                    "topic_description": tr[q.query_id].text,
+                },
+            ]
             f.write(json.dumps({"topic_id": q.query_id, "topics": topics}, ensure_ascii=False) + "\n")
     (root / "eng" / "test.qrels.v1-0.txt").write_text((udhr_dir / "qrels.en.txt").read_text(), encoding="utf-8")
 
-    def run(*args):
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return e.value.code, cap.out, cap.err
+    run = cli
 
-    code, out, err = run("eval", "collection", "hc4", "--root", root, "--lang", "en", "--topic-lang", "tr",
-                         "--out", tmp_path / "out")  # fmt: skip
+    code, out, err = run(
+        "eval", "collection", "hc4", "--root", root, "--lang", "en", "--topic-lang", "tr", "--out", tmp_path / "out"
+    )
     assert code == 0, err
     assert "60 documents, 31 topics (31 with a relevant document)" in out and "rerank eval grid" in out
     assert read_topics(tmp_path / "out" / "topics.tr.tsv")[0].text == tr["a00"].text

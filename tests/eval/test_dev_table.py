@@ -24,10 +24,14 @@ def test_each_reranker_is_tested_against_the_best_first_stage(tmp_path, table):
     bm25 = np.clip(dense - 0.2, 0, 1)
     better = np.clip(dense + rng.uniform(0, 0.1, 120), 0, 1)
     write_cell(tmp_path / "cells" / "ug-en", {"bm25": bm25, "dense": dense, "default": better})
-    systems = [{"name": "bm25", "reranker": "none"}, {"name": "dense", "reranker": "none"},
-               {"name": "default", "reranker": "auto"}]  # fmt: skip
-    (tmp_path / "grid.json").write_text(json.dumps({"columns": ["ug→en"], "systems": ["bm25", "dense", "default"],
-                                                    "systems_config": systems}))  # fmt: skip
+    systems = [
+        {"name": "bm25", "reranker": "none"},
+        {"name": "dense", "reranker": "none"},
+        {"name": "default", "reranker": "auto"},
+    ]
+    (tmp_path / "grid.json").write_text(
+        json.dumps({"columns": ["ug→en"], "systems": ["bm25", "dense", "default"], "systems_config": systems})
+    )
     [row] = table.rows_of(tmp_path, "nDCG@10", None)
     assert row["first_stage"] == "dense" and row["system"] == "default" and row["n"] == 120
     assert row["diff"] == pytest.approx(float((better - dense).mean()))

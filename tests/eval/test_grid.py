@@ -129,8 +129,17 @@ def test_cli_eval_run(udhr_dir, tmp_path, capsys):
         return e.value.code, cap.out, cap.err
 
     common = ["eval", "run", "--qrels", udhr_dir / "qrels.en.txt", "--run", tmp_path / "base.trec"]
-    code, out, err = run(*common, "--run", f"better={tmp_path / 'good.trec'}", "--baseline", "base", "--out",
-                         tmp_path / "rep", "--metrics", "MAP nDCG@10")  # fmt: skip
+    code, out, err = run(
+        *common,
+        "--run",
+        f"better={tmp_path / 'good.trec'}",
+        "--baseline",
+        "base",
+        "--out",
+        tmp_path / "rep",
+        "--metrics",
+        "MAP nDCG@10",
+    )
     assert code == 0, err
     assert "better" in out and "†" in out and "wrote" in out and (tmp_path / "rep" / "index.html").is_file()
     code, _, err = run(*common, "--baseline", "nope")

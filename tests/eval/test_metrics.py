@@ -63,8 +63,10 @@ def test_missing_queries_score_zero_and_judged_only_condenses(qrels, doc_ids, ca
     assert ev.values("half", "nDCG@10")[idx] == 0.0 and ev.values("full", "nDCG@10")[idx] > 0
     # unjudged documents in front: judged-only drops them, so the score rises to the perfect ranking's
     rel = {(q.query_id, q.doc_id) for q in qrels}
-    unjudged_first = [ScoredDoc(d.query_id, d.doc_id, d.score + (100 if (d.query_id, d.doc_id) not in rel else 0))
-                      for d in noisy_run(qrels, doc_ids, 0.0, 1)]  # fmt: skip
+    unjudged_first = [
+        ScoredDoc(d.query_id, d.doc_id, d.score + (100 if (d.query_id, d.doc_id) not in rel else 0))
+        for d in noisy_run(qrels, doc_ids, 0.0, 1)
+    ]
     low = evaluate(qrels, {"r": unjudged_first}, "nDCG@10").mean("r", "nDCG@10")
     high = evaluate(qrels, {"r": unjudged_first}, "nDCG@10", judged_only=True).mean("r", "nDCG@10")
     assert low < 0.5 and high == pytest.approx(1.0)
@@ -93,8 +95,12 @@ def test_significance_matches_scipy_and_statsmodels(qrels, doc_ids):
     from rerank.eval.metrics import evaluate
     from rerank.eval.significance import compare
 
-    runs = {"base": noisy_run(qrels, doc_ids, 2.0, 1), "good": noisy_run(qrels, doc_ids, 0.3, 2),
-            "same": noisy_run(qrels, doc_ids, 2.0, 1), "meh": noisy_run(qrels, doc_ids, 1.8, 3)}  # fmt: skip
+    runs = {
+        "base": noisy_run(qrels, doc_ids, 2.0, 1),
+        "good": noisy_run(qrels, doc_ids, 0.3, 2),
+        "same": noisy_run(qrels, doc_ids, 2.0, 1),
+        "meh": noisy_run(qrels, doc_ids, 1.8, 3),
+    }
     ev = evaluate(qrels, runs, "MAP nDCG@10")
     comps = compare(ev, "base")
     c = comps[("good", "MAP")]
@@ -117,8 +123,16 @@ def test_report_files_tables_and_plots(qrels, doc_ids, tmp_path):
     ev = evaluate(qrels, runs, "MAP nDCG@10")
     out = write_report(ev, compare(ev, "base"), tmp_path / "r", baseline="base", commands={"good": "rerank x"})
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["diff-good.png", "index.html", "metric-MAP.png", "metric-nDCG_10.png", "metrics.csv",
-                     "metrics.json", "per-query.csv", "table.md"]  # fmt: skip
+    assert names == [
+        "diff-good.png",
+        "index.html",
+        "metric-MAP.png",
+        "metric-nDCG_10.png",
+        "metrics.csv",
+        "metrics.json",
+        "per-query.csv",
+        "table.md",
+    ]
     md = (out / "table.md").read_text()
     assert "| good | **" in md and "†" in md.splitlines()[3]
     rows = list(csv.DictReader((out / "metrics.csv").open()))

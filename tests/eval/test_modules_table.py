@@ -40,10 +40,17 @@ def test_lang_effect_pairs_each_kind_with_its_stacked_row(tmp_path, table):
     worse = np.clip(base - rng.uniform(0.0, 0.3, 31), 0, 1)
     noise = np.clip(base + rng.normal(0, 0.1, 31), 0, 1)
     for q in ("ky", "en"):
-        write_cell(tmp_path / "cells" / f"{q}-en", {
-            "auto": base, "task:lora": base, "task+lang:lora": worse,
-            "task:shira": base, "task+lang:shira": noise, "task:sft": base,  # no task+lang:sft row: skipped
-        })  # fmt: skip
+        write_cell(
+            tmp_path / "cells" / f"{q}-en",
+            {
+                "auto": base,
+                "task:lora": base,
+                "task+lang:lora": worse,
+                "task:shira": base,
+                "task+lang:shira": noise,
+                "task:sft": base,  # no task+lang:sft row: skipped
+            },
+        )
     rows = table.lang_effect(tmp_path)
     assert [(r["kind"], r["lang"]) for r in rows] == [("shira", "ky"), ("shira", "en"), ("lora", "ky"), ("lora", "en")]
     lora = rows[2]

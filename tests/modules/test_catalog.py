@@ -19,6 +19,25 @@ def task_module(cm, seed=9, trained_on="shira"):
     return m
 
 
+def bm25_search(index, model, *extra) -> list[str]:
+    """`rerank search` of one Kyrgyz query over ``index`` with a BM25 first stage and ``model``, top 3."""
+    return [
+        "search",
+        "--index",
+        str(index),
+        "--first-stage",
+        "bm25",
+        "--model",
+        str(model),
+        "--lang",
+        "ky",
+        "right to education",
+        "-k",
+        "3",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def shipped(tiny_bert, tmp_path_factory):
     """A modules/ folder for the tiny backbone: en, ky (shira) and ky (lora) language modules, one task module,
@@ -113,8 +132,10 @@ def test_search_stacks_the_shipped_modules_by_default(shipped, tiny_dense_index,
         auto = p.batch_search(qs, k=10)
         assert p.modules == before  # resolved before the search, not during it
         assert p.modules_for("ky") == (str(shipped / "ky-lang-shira"), str(shipped / "en-task-lora"))
-    explicit = {"ky": [shipped / "ky-lang-shira", shipped / "en-task-lora"],
-                "ug": [shipped / "en-lang-shira", shipped / "en-task-lora"]}  # fmt: skip
+    explicit = {
+        "ky": [shipped / "ky-lang-shira", shipped / "en-task-lora"],
+        "ug": [shipped / "en-lang-shira", shipped / "en-task-lora"],
+    }
     with Pipeline(tiny_dense_index, modules=explicit, **kw) as p:
         assert p.batch_search(qs, k=10) == auto
     with Pipeline(tiny_dense_index, modules=None, **kw) as p:
@@ -124,8 +145,7 @@ def test_search_stacks_the_shipped_modules_by_default(shipped, tiny_dense_index,
 
     def search(*extra):
         with pytest.raises(SystemExit) as e:
-            main(["search", "--index", str(tiny_dense_index), "--first-stage", "bm25", "--model", str(tiny_bert),
-                  "--lang", "ky", "right to education", "-k", "3", *extra])  # fmt: skip
+            main(bm25_search(tiny_dense_index, tiny_bert, *extra))
         cap = capsys.readouterr()
         assert e.value.code == 0, cap.err
         return cap
@@ -137,8 +157,9 @@ def test_search_stacks_the_shipped_modules_by_default(shipped, tiny_dense_index,
 
 
 @pytest.mark.java
-def test_a_grid_system_can_stack_the_shipped_modules(shipped, tiny_dense_index, tiny_bert, udhr_dir, tmp_path,
-                                                     monkeypatch):  # fmt: skip
+def test_a_grid_system_can_stack_the_shipped_modules(
+    shipped, tiny_dense_index, tiny_bert, udhr_dir, tmp_path, monkeypatch
+):
     from rerank.collections.topics import read_topics
     from rerank.collections.trec import read_run
     from rerank.eval.grid import load_grid, run_grid
@@ -146,7 +167,8 @@ def test_a_grid_system_can_stack_the_shipped_modules(shipped, tiny_dense_index, 
 
     monkeypatch.setenv("RERANK_MODULES", str(shipped))
     grid = tmp_path / "grid.toml"
-    grid.write_text(f"""
+    grid.write_text(
+        f"""
 baseline = "bm25"
 [collection]
 docs = "{udhr_dir}/docs.{{doc}}.jsonl"
@@ -165,7 +187,9 @@ first_stage = "bm25"
 model = "{tiny_bert}"
 modules = "auto"
 depth = 10
-""", encoding="utf-8")  # fmt: skip
+""",
+        encoding="utf-8",
+    )
     runs = run_grid(load_grid(grid), tmp_path / "out", progress=False)
     got = read_run(runs[("en", "en")]["shipped"])
     queries = read_topics(udhr_dir / "topics.en.tsv", lang="en")
@@ -196,7 +220,8 @@ def set_task_recipe(shipped, tmp_path, monkeypatch, **recipe):
 
 @pytest.mark.java
 def test_a_task_module_that_chose_a_first_stage_weight_on_dev_fuses_with_the_first_stage(
-        shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys):  # fmt: skip
+    shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys
+):
     from rerank.cli.main import main
     from rerank.indexes.fusion import rrf
     from rerank.pipeline import Pipeline
@@ -217,8 +242,7 @@ def test_a_task_module_that_chose_a_first_stage_weight_on_dev_fuses_with_the_fir
 
     def search(*extra):
         with pytest.raises(SystemExit) as e:
-            main(["search", "--index", str(tiny_dense_index), "--first-stage", "bm25", "--model", str(tiny_bert),
-                  "--lang", "ky", "right to education", "-k", "3", *extra])  # fmt: skip
+            main(bm25_search(tiny_dense_index, tiny_bert, *extra))
         return e.value.code, capsys.readouterr()
 
     code, cap = search()
@@ -232,7 +256,8 @@ def test_a_task_module_that_chose_a_first_stage_weight_on_dev_fuses_with_the_fir
 
 @pytest.mark.java
 def test_auto_skips_a_task_module_that_lost_to_the_bi_encoder_on_its_dev_split(
-        shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys):  # fmt: skip
+    shipped, tiny_dense_index, tiny_bert, tmp_path, monkeypatch, capsys
+):
     from rerank.cli.main import main
     from rerank.modules.catalog import task_verdict
     from rerank.pipeline import Pipeline
@@ -248,8 +273,7 @@ def test_auto_skips_a_task_module_that_lost_to_the_bi_encoder_on_its_dev_split(
     with Pipeline(tiny_dense_index, reranker="cross", **kw) as p:  # forced: stacked anyway
         assert p.reranker_kind == "cross" and p.modules_for("ky")[-1].endswith("en-task-lora")
     with pytest.raises(SystemExit) as e:
-        main(["search", "--index", str(tiny_dense_index), "--first-stage", "bm25", "--model", str(tiny_bert),
-              "--lang", "ky", "right to education", "-k", "3"])  # fmt: skip
+        main(bm25_search(tiny_dense_index, tiny_bert))
     cap = capsys.readouterr()
     assert e.value.code == 0 and "en-task-lora is not used by --reranker auto" in cap.err and "bm25+bi" in cap.out
 
@@ -284,8 +308,12 @@ def test_what_search_reads_from_a_task_module_config_is_typed_and_tolerant():
     def cfg(role="task", **recipe):
         return ModuleConfig(kind="shira", role=role, language="", base_model="m", base_fingerprint="f", recipe=recipe)
 
-    c = cfg(fusion={"first_stage_weight": 0.5, "k": 30}, dev_mrr_composed=0.8, dev_mrr_teacher=0.9,
-            language_module={"kind": "sft", "path": "x"})  # fmt: skip
+    c = cfg(
+        fusion={"first_stage_weight": 0.5, "k": 30},
+        dev_mrr_composed=0.8,
+        dev_mrr_teacher=0.9,
+        language_module={"kind": "sft", "path": "x"},
+    )
     assert (c.fusion.first_stage_weight, c.fusion.k) == (0.5, 30.0)
     assert not c.dev.earned() and c.trained_on == "sft" and not c.trained_alone
     bad = cfg(fusion={"first_stage_weight": "lots"}, dev_mrr_composed="?", language_module=None)

@@ -61,9 +61,14 @@ def test_imported_peft_lora_equals_peft(cross, tiny_cross, tmp_path):
 
     torch.manual_seed(0)
     pcfg = LoraConfig(
-        r=4, lora_alpha=16, target_modules=["query", "value", "intermediate.dense", "output.dense"],
-        modules_to_save=["classifier"], init_lora_weights=False, rank_pattern={"output.dense": 2}, use_rslora=True,
-    )  # fmt: skip
+        r=4,
+        lora_alpha=16,
+        target_modules=["query", "value", "intermediate.dense", "output.dense"],
+        modules_to_save=["classifier"],
+        init_lora_weights=False,
+        rank_pattern={"output.dense": 2},
+        use_rslora=True,
+    )
     peft_model = get_peft_model(fresh(tiny_cross), pcfg).eval()
     with torch.no_grad():
         peft_model.base_model.model.classifier.modules_to_save["default"].weight.normal_()
@@ -125,25 +130,22 @@ def test_what_cannot_cross_is_refused(cross, tmp_path):
         import_peft(tmp_path / "ia3", fingerprint=cm.fingerprint, shapes=cm.shapes, base_model="t")
     from safetensors.torch import save_file
 
-    save_file({"base_model.model.bert.encoder.layer.0.output.dense.ia3_l": torch.ones(32)},
-              str(tmp_path / "ia3" / "adapter_model.safetensors"))  # fmt: skip
+    save_file(
+        {"base_model.model.bert.encoder.layer.0.output.dense.ia3_l": torch.ones(32)},
+        str(tmp_path / "ia3" / "adapter_model.safetensors"),
+    )
     with pytest.raises(RerankError, match="peft type IA3 cannot be imported"):
         import_peft(tmp_path / "ia3", fingerprint=cm.fingerprint, shapes=cm.shapes, base_model="t")
 
 
-def test_cli_export_then_import_gives_the_same_module(cross, tiny_cross, tmp_path, capsys):
-    from rerank.cli.main import main
+def test_cli_export_then_import_gives_the_same_module(cli, cross, tiny_cross, tmp_path, capsys):
     from rerank.modules.compose import ComposedModel
     from rerank.modules.format import load_module, save_module
 
     cm = ComposedModel(cross)
     src = save_module(random_lora(cm, 7, head=True), tmp_path / "en-task")
 
-    def run(*args):
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return e.value.code, cap.out, cap.err
+    run = cli
 
     code, out, err = run("modules", "export", src, "--to", "peft", "--out", tmp_path / "peft")
     assert code == 0 and "peft LORA adapter" in out, err

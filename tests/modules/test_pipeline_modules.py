@@ -121,8 +121,9 @@ def test_cli_search_with_modules(capsys, tiny_dense_index, tiny_cross, module_di
     assert e.value.code == 2 and "not a module folder" in err and not run.exists()
 
 
-def test_cli_search_stacks_a_sparse_language_and_a_lora_task_module(capsys, tiny_dense_index, tiny_cross, module_dirs,
-                                                                     tmp_path):  # fmt: skip
+def test_cli_search_stacks_a_sparse_language_and_a_lora_task_module(
+    capsys, tiny_dense_index, tiny_cross, module_dirs, tmp_path
+):
     from transformers import AutoModelForSequenceClassification
 
     from rerank.backbone import fingerprint

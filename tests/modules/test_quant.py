@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from rerank.cli.main import main
 from rerank.errors import RerankError
 from tests.modules.test_compose import random_module
 
@@ -70,16 +69,12 @@ def test_unsupported_bits_and_corrupt_codes(composed, tmp_path):
         load_module(path)
 
 
-def test_cli_info_and_quantize(composed, tmp_path, capsys):
+def test_cli_info_and_quantize(cli, composed, tmp_path, capsys):
     from rerank.modules.format import save_module
 
     path = save_module(random_module(composed, 1), tmp_path / "ky-lang")
 
-    def run(*args):
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return e.value.code, cap.out, cap.err
+    run = cli
 
     code, stdout, _ = run("modules", "info", path)
     assert code == 0 and "shira" in stdout and "language" in stdout and composed.fingerprint in stdout

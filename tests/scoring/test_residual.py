@@ -8,8 +8,12 @@ import torch
 from rerank.errors import RerankError
 from tests.modules.test_compose import random_module
 
-DOCS = ["Everyone has the right to education.", "No one shall be held in slavery or servitude.",
-        "Everyone has the right to freedom of movement.", "Men and women have the right to marry."]  # fmt: skip
+DOCS = [
+    "Everyone has the right to education.",
+    "No one shall be held in slavery or servitude.",
+    "Everyone has the right to freedom of movement.",
+    "Men and women have the right to marry.",
+]
 QUERY = "the right to an education"
 
 
@@ -17,8 +21,11 @@ def _residual_module(cm, seed: int, correction: float):
     m = random_module(cm, seed, role="task", lang="en", density=0.1)
     g = torch.Generator().manual_seed(seed)
     hidden = cm.model.config.hidden_size
-    m.extras = {"residual_head.proj.weight": torch.randn(1, hidden, generator=g) * correction,
-                "residual_head.proj.bias": torch.zeros(1), "residual_head.prior_scale": torch.ones(1)}  # fmt: skip
+    m.extras = {
+        "residual_head.proj.weight": torch.randn(1, hidden, generator=g) * correction,
+        "residual_head.proj.bias": torch.zeros(1),
+        "residual_head.prior_scale": torch.ones(1),
+    }
     return m
 
 
@@ -77,8 +84,16 @@ def test_search_takes_the_prior_from_the_dense_index(tiny_dense_index, tiny_bert
     q = "Everyone has the right to education"
     with Pipeline(tiny_dense_index, first_stage="dense", reranker="none", dense_model=tiny_bert) as p:
         dense = p.search(q, lang="en", k=20)
-    with Pipeline(tiny_dense_index, first_stage="dense", reranker="cross", model=tiny_bert, dense_model=tiny_bert,
-                  modules=[modules["zero"]], depth=20, first_stage_weight=0) as p:
+    with Pipeline(
+        tiny_dense_index,
+        first_stage="dense",
+        reranker="cross",
+        model=tiny_bert,
+        dense_model=tiny_bert,
+        modules=[modules["zero"]],
+        depth=20,
+        first_stage_weight=0,
+    ) as p:
         p.composer.switch([modules["zero"]])
         prior = p._prior(Query("q1", q, "en"), dense)
         assert prior is not None

@@ -81,8 +81,12 @@ def test_the_head_learns(ky_text, tiny_bert):
             return sum(float(mlm_loss(enc, head, b)) for b in dev) / len(dev)
 
     start = dev_loss()
-    train({n: p for n, p in head.named_parameters()}, lambda i: (mlm_loss(enc, head, data.batch(i)), 0),
-          LoopConfig(max_steps=60, lr=0.1, patience=None), progress=False)  # fmt: skip
+    train(
+        {n: p for n, p in head.named_parameters()},
+        lambda i: (mlm_loss(enc, head, data.batch(i)), 0),
+        LoopConfig(max_steps=60, lr=0.1, patience=None),
+        progress=False,
+    )
     end = dev_loss()
     assert end < start - 0.5, (start, end)  # 8.33 (uniform over ~4k pieces) -> 7.66 when written
 
@@ -117,8 +121,7 @@ def test_an_interrupted_loop_resumes_exactly(tmp_path):
     assert torch.equal(again["w"], whole["w"])
 
 
-def test_bad_input(ky_text, tiny_bert, tmp_path, capsys):
-    from rerank.cli.main import main
+def test_bad_input(cli, ky_text, tiny_bert, tmp_path, capsys):
     from rerank.training.lang import train_language_module
     from rerank.training.loop import parse_budget
 
@@ -135,18 +138,50 @@ def test_bad_input(ky_text, tiny_bert, tmp_path, capsys):
     with pytest.raises(RerankError, match="not a duration"):
         parse_budget("soon")
 
-    def run(*args):
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return e.value.code, cap.out, cap.err
+    run = cli
 
-    code, out, err = run("train", "lang", "--lang", "ky", "--text", ky_text, "--out", tmp_path / "cli", "--kind",
-                         "shira", "--max-steps", "4", "--head-steps", "2", "--batch-size", "4", "--seq-len", "32",
-                         "--model", tiny_bert, "--quiet", "--mask", "magnitude")  # fmt: skip
+    code, out, err = run(
+        "train",
+        "lang",
+        "--lang",
+        "ky",
+        "--text",
+        ky_text,
+        "--out",
+        tmp_path / "cli",
+        "--kind",
+        "shira",
+        "--max-steps",
+        "4",
+        "--head-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--model",
+        tiny_bert,
+        "--quiet",
+        "--mask",
+        "magnitude",
+    )
     assert code == 0 and "wrote" in out and "shira language module for ky" in out, err
-    code, _, err = run("train", "lang", "--lang", "ky", "--text", ky_text, "--out", tmp_path / "big",
-                       "--batch-size", "512", "--seq-len", "512", "--model", tiny_bert)  # fmt: skip
+    code, _, err = run(
+        "train",
+        "lang",
+        "--lang",
+        "ky",
+        "--text",
+        ky_text,
+        "--out",
+        tmp_path / "big",
+        "--batch-size",
+        "512",
+        "--seq-len",
+        "512",
+        "--model",
+        tiny_bert,
+    )
     assert code == 2 and "would not fit in memory" in err and "--grad-accum" in err
 
 
@@ -195,8 +230,23 @@ def test_running_out_of_memory_is_one_line(ky_text, tiny_bert, tmp_path, capsys,
 
     monkeypatch.setattr(mlm, "mlm_loss", huge)
     with pytest.raises(SystemExit) as e:
-        main(["train", "lang", "--lang", "ky", "--text", str(ky_text), "--out", str(tmp_path / "m"), "--model",
-              str(tiny_bert), "--max-steps", "2", "--quiet"])  # fmt: skip
+        main(
+            [
+                "train",
+                "lang",
+                "--lang",
+                "ky",
+                "--text",
+                str(ky_text),
+                "--out",
+                str(tmp_path / "m"),
+                "--model",
+                str(tiny_bert),
+                "--max-steps",
+                "2",
+                "--quiet",
+            ]
+        )
     err = capsys.readouterr().err
     assert e.value.code == 2 and "out of memory — use a smaller --batch-size" in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()

@@ -26,8 +26,18 @@ def qrel_pairs(index, udhr_dir, tiny_bert, tmp_path_factory):
     from rerank.training.pairs import pairs_from_qrels
 
     out = tmp_path_factory.mktemp("rel") / "pairs.jsonl"
-    facts = pairs_from_qrels(udhr_dir / "topics.en.tsv", udhr_dir / "qrels.en.txt", index, out, lang="en",
-                             first_stage="dense", depth=10, negatives=3, model=tiny_bert, progress=False)  # fmt: skip
+    facts = pairs_from_qrels(
+        udhr_dir / "topics.en.tsv",
+        udhr_dir / "qrels.en.txt",
+        index,
+        out,
+        lang="en",
+        first_stage="dense",
+        depth=10,
+        negatives=3,
+        model=tiny_bert,
+        progress=False,
+    )
     assert facts["queries"] == 31 and facts["first_stage"] == "dense"
     return out
 
@@ -63,26 +73,57 @@ def test_false_negatives_are_dropped_and_a_dev_set_overlap_is_refused(index, udh
 
     topics = read_topics(udhr_dir / "topics.en.tsv")
     # every document holding "Everyone" counts as answering every question here: they all go
-    answers = write(tmp_path / "answers.jsonl", "".join(json.dumps({"qid": q.query_id, "answers": ["Everyone"]})
-                                                         + "\n" for q in topics))  # fmt: skip
-    facts = pairs_from_qrels(udhr_dir / "topics.en.tsv", udhr_dir / "qrels.en.txt", index, tmp_path / "p.jsonl",
-                             first_stage="dense", depth=10, negatives=3, answers=answers, model=tiny_bert,
-                             progress=False)  # fmt: skip
+    answers = write(
+        tmp_path / "answers.jsonl",
+        "".join(json.dumps({"qid": q.query_id, "answers": ["Everyone"]}) + "\n" for q in topics),
+    )
+    facts = pairs_from_qrels(
+        udhr_dir / "topics.en.tsv",
+        udhr_dir / "qrels.en.txt",
+        index,
+        tmp_path / "p.jsonl",
+        first_stage="dense",
+        depth=10,
+        negatives=3,
+        answers=answers,
+        model=tiny_bert,
+        progress=False,
+    )
     assert facts["filtered"]["answer"] > 0
     for r in read_pairs(tmp_path / "p.jsonl"):
         assert all("everyone" not in n["text"].casefold() for n in r["negatives"])
     dev = write(tmp_path / "topics.dev.tsv", f"d1\t{topics[3].text.upper()}\n")
     with pytest.raises(RerankError, match="also a training query"):
-        pairs_from_qrels(udhr_dir / "topics.en.tsv", udhr_dir / "qrels.en.txt", index, tmp_path / "q.jsonl",
-                         dev_topics=[dev], model=tiny_bert, progress=False)  # fmt: skip
+        pairs_from_qrels(
+            udhr_dir / "topics.en.tsv",
+            udhr_dir / "qrels.en.txt",
+            index,
+            tmp_path / "q.jsonl",
+            dev_topics=[dev],
+            model=tiny_bert,
+            progress=False,
+        )
     assert not (tmp_path / "q.jsonl").exists()
 
 
 def _cfg(**kw):
     from rerank.training.task import TaskConfig
 
-    base = dict(kind="shira", loss="listwise", head="residual", layers=1, max_steps=6, batch_queries=2, negatives=3,
-                max_length=64, eval_every=3, patience=None, probe_queries=0, lr=1e-2, head_lr=1e-2)  # fmt: skip
+    base = dict(
+        kind="shira",
+        loss="listwise",
+        head="residual",
+        layers=1,
+        max_steps=6,
+        batch_queries=2,
+        negatives=3,
+        max_length=64,
+        eval_every=3,
+        patience=None,
+        probe_queries=0,
+        lr=1e-2,
+        head_lr=1e-2,
+    )
     return TaskConfig(**{**base, **kw})
 
 
@@ -107,8 +148,13 @@ def test_the_mean_pooled_head_without_the_prior(qrel_pairs, tiny_bert, tmp_path)
     """The comparison head: the residual head's correction alone (its prior weight fixed at 0)."""
     from rerank.training.task import train_task_module
 
-    m = train_task_module(qrel_pairs, tmp_path / "mean", _cfg(head="mean", probe_queries=4, probe_epochs=1),
-                          model=tiny_bert, progress=False)  # fmt: skip
+    m = train_task_module(
+        qrel_pairs,
+        tmp_path / "mean",
+        _cfg(head="mean", probe_queries=4, probe_epochs=1),
+        model=tiny_bert,
+        progress=False,
+    )
     assert m.config.recipe["head"] == "mean" and float(m.extras["residual_head.prior_scale"]) == 0.0
     assert m.extras["residual_head.proj.weight"].abs().sum() > 0
     assert m.config.recipe["probe"]["queries"] == 4
@@ -163,15 +209,44 @@ def test_cli_pairs_from_qrels_and_its_bad_input(capsys, index, udhr_dir, tiny_be
     assert_one_line_error(code, err, "give either --docs", "or --topics")
     code, out, err = rerank(capsys, "train", "pairs", "--topics", udhr_dir / "topics.en.tsv", "--out", tmp_path / "x")
     assert_one_line_error(code, err, "--topics needs --qrels and --index")
-    code, out, err = rerank(capsys, "train", "pairs", "--topics", udhr_dir / "topics.en.tsv", "--qrels",
-                            udhr_dir / "qrels.en.txt", "--index", index, "--depth", "3", "--out", tmp_path / "y")
+    code, out, err = rerank(
+        capsys,
+        "train",
+        "pairs",
+        "--topics",
+        udhr_dir / "topics.en.tsv",
+        "--qrels",
+        udhr_dir / "qrels.en.txt",
+        "--index",
+        index,
+        "--depth",
+        "3",
+        "--out",
+        tmp_path / "y",
+    )
     assert_one_line_error(code, err, "--depth 3 leaves no choice of 7 negatives")
     first = udhr_dir.joinpath("topics.en.tsv").read_text().splitlines()[0].split("\t")[1]
     dev = write(tmp_path / "dev.tsv", f"d1\t{first}\n")
-    code, out, err = rerank(capsys, "train", "task", "--pairs", qrel_pairs, "--out", tmp_path / "t", "--head",
-                            "residual", "--dev-topics", dev, "--model", tiny_bert, "--max-steps", "1")  # fmt: skip
+    code, out, err = rerank(
+        capsys,
+        "train",
+        "task",
+        "--pairs",
+        qrel_pairs,
+        "--out",
+        tmp_path / "t",
+        "--head",
+        "residual",
+        "--dev-topics",
+        dev,
+        "--model",
+        tiny_bert,
+        "--max-steps",
+        "1",
+    )
     assert_one_line_error(code, err, "is also a training query")
     assert not (tmp_path / "t").exists()
-    code, out, err = rerank(capsys, "train", "task", "--pairs", qrel_pairs, "--out", tmp_path / "t", "--head",
-                            "cls", "--model", tiny_bert)  # fmt: skip
+    code, out, err = rerank(
+        capsys, "train", "task", "--pairs", qrel_pairs, "--out", tmp_path / "t", "--head", "cls", "--model", tiny_bert
+    )
     assert_one_line_error(code, err, "unknown --head 'cls'")

@@ -57,8 +57,9 @@ def test_a_cropped_negative_is_its_first_whole_sentences():
     assert len(crop(long_one, 100)) <= 125 and long_one.startswith(crop(long_one, 100))
 
 
-@pytest.mark.parametrize(("kind", "loss"), [("shira", "listwise"), ("lora", "pairwise"), ("sft", "pointwise"),
-                                            ("adapter", "listwise")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "loss"), [("shira", "listwise"), ("lora", "pairwise"), ("sft", "pointwise"), ("adapter", "listwise")]
+)
 def test_task_modules_train_and_stack_with_a_language_module(kind, loss, pairs_file, tiny_bert, tmp_path):
     from rerank import Reranker
     from rerank.modules.compose import ComposedModel
@@ -69,8 +70,9 @@ def test_task_modules_train_and_stack_with_a_language_module(kind, loss, pairs_f
 
     cross = init_cross_encoder(tiny_bert, tmp_path / "ce", seed=0)
     lang = save_module(random_module(ComposedModel(cross), 5, lang="en", density=0.05), tmp_path / "en-lang")
-    cfg = TaskConfig(kind=kind, loss=loss, max_steps=4, batch_queries=2, negatives=3, max_length=64, eval_every=2,
-                     patience=None)
+    cfg = TaskConfig(
+        kind=kind, loss=loss, max_steps=4, batch_queries=2, negatives=3, max_length=64, eval_every=2, patience=None
+    )
     m = train_task_module(pairs_file, tmp_path / "task", cfg, lang_module=lang, model=tiny_bert, progress=False)
     r = m.config.recipe
     assert m.config.role == "task" and m.config.kind == kind and r["loss"] == loss and r["language_module"]["path"]
@@ -87,8 +89,7 @@ def test_task_modules_train_and_stack_with_a_language_module(kind, loss, pairs_f
     assert not torch.allclose(torch.tensor(plain), torch.tensor(stacked))
 
 
-def test_bad_task_input(pairs_file, tiny_bert, tmp_path, capsys):
-    from rerank.cli.main import main
+def test_bad_task_input(cli, pairs_file, tiny_bert, tmp_path, capsys):
     from rerank.training.task import TaskConfig, train_task_module
 
     with pytest.raises(RerankError, match="unknown --loss 'hinge'"):
@@ -100,15 +101,29 @@ def test_bad_task_input(pairs_file, tiny_bert, tmp_path, capsys):
     with pytest.raises(RerankError, match="bad.jsonl:1: not a training query with negatives"):
         train_task_module(bad, tmp_path / "x", TaskConfig(), model=tiny_bert, progress=False)
 
-    def run(*args):
-        with pytest.raises(SystemExit) as e:
-            main([str(a) for a in args])
-        cap = capsys.readouterr()
-        return e.value.code, cap.out, cap.err
+    run = cli
 
-    code, out, err = run("train", "task", "--pairs", pairs_file, "--out", tmp_path / "t", "--kind", "lora",
-                         "--max-steps", "2", "--batch-queries", "2", "--negatives", "3", "--max-length", "64",
-                         "--model", tiny_bert, "--quiet")  # fmt: skip
+    code, out, err = run(
+        "train",
+        "task",
+        "--pairs",
+        pairs_file,
+        "--out",
+        tmp_path / "t",
+        "--kind",
+        "lora",
+        "--max-steps",
+        "2",
+        "--batch-queries",
+        "2",
+        "--negatives",
+        "3",
+        "--max-length",
+        "64",
+        "--model",
+        tiny_bert,
+        "--quiet",
+    )
     assert code == 0 and "lora task module (listwise)" in out and "no --lang-module" in err, err
     from rerank import Reranker
     from rerank.modules.compose import ComposedModel
@@ -123,33 +138,71 @@ def test_bad_task_input(pairs_file, tiny_bert, tmp_path, capsys):
     foreign = random_module(ComposedModel(cross), 6, lang="en", density=0.05)
     foreign.config.base_fingerprint = "sha256:" + "ab" * 32
     save_module(foreign, tmp_path / "foreign-lang")
-    code, _, err = run("train", "task", "--pairs", pairs_file, "--out", tmp_path / "t3", "--lang-module",
-                       tmp_path / "foreign-lang", "--model", tiny_bert, "--max-steps", "1")  # fmt: skip
+    code, _, err = run(
+        "train",
+        "task",
+        "--pairs",
+        pairs_file,
+        "--out",
+        tmp_path / "t3",
+        "--lang-module",
+        tmp_path / "foreign-lang",
+        "--model",
+        tiny_bert,
+        "--max-steps",
+        "1",
+    )
     assert code == 2 and "was trained on backbone tiny (sha256:abab" in err and not (tmp_path / "t3").exists(), err
-    code, _, err = run("train", "task", "--pairs", pairs_file, "--out", tmp_path / "t2", "--batch-queries", "64",
-                       "--negatives", "15", "--max-length", "512", "--model", tiny_bert)  # fmt: skip
+    code, _, err = run(
+        "train",
+        "task",
+        "--pairs",
+        pairs_file,
+        "--out",
+        tmp_path / "t2",
+        "--batch-queries",
+        "64",
+        "--negatives",
+        "15",
+        "--max-length",
+        "512",
+        "--model",
+        tiny_bert,
+    )
     assert code == 2 and "would not fit here" in err
     code, out, err = run("train", "pairs", "--docs", tmp_path / "nope.jsonl", "--out", tmp_path / "p.jsonl")
     assert code == 2 and "nope.jsonl" in err and "Traceback" not in err
 
 
-def test_the_list_aware_head_trains_and_scores_each_candidate_in_the_context_of_its_list(pairs_file, tiny_bert,
-                                                                                        tmp_path):  # fmt: skip
+def test_the_list_aware_head_trains_and_scores_each_candidate_in_the_context_of_its_list(
+    pairs_file, tiny_bert, tmp_path
+):
     from rerank import Reranker
     from rerank.scoring.cross import init_cross_encoder
     from rerank.scoring.listhead import ListHead
     from rerank.training.task import TaskConfig, train_task_module
 
     cross = init_cross_encoder(tiny_bert, tmp_path / "ce", seed=0)
-    cfg = TaskConfig(kind="shira", loss="listwise", max_steps=4, batch_queries=2, negatives=3, max_length=64,
-                     eval_every=2, list_head=True, lr=1e-2, head_lr=5e-2, probe_queries=0)  # fmt: skip
+    cfg = TaskConfig(
+        kind="shira",
+        loss="listwise",
+        max_steps=4,
+        batch_queries=2,
+        negatives=3,
+        max_length=64,
+        eval_every=2,
+        list_head=True,
+        lr=1e-2,
+        head_lr=5e-2,
+        probe_queries=0,
+    )
     m = train_task_module(pairs_file, tmp_path / "task", cfg, model=tiny_bert, progress=False)
     assert {"list_head.q.weight", "list_head.out.weight"} <= set(m.extras) and m.extras["list_head.out.weight"].any()
     assert m.config.recipe["head"].startswith("list-aware")
     q = "right to education"
     docs = ["Everyone has the right to education.", "No one shall be held in slavery.", "The right to life."]
     plain = Reranker(cross)
-    assert not plain.scorer.list_head.active()  # attached, but zero: the plain head, exactly
+    assert plain.scorer.list_head is None  # attached only for a module that brings one
     rr = Reranker(cross, modules=[tmp_path / "task"])
     together = rr.predict([(q, d) for d in docs])
     alone = np.array([rr.predict([(q, d)])[0] for d in docs])
@@ -213,10 +266,14 @@ def test_pairs_from_an_ir_datasets_id(pairs_file, tmp_path, monkeypatch):
 
     name = f"rerank-test/{tmp_path.name}/triples"
     monkeypatch.setenv("IR_DATASETS_HOME", str(tmp_path / "irds"))
-    ir_datasets.registry.register(name, Dataset(
-        TsvDocs(tsv("docs.tsv", docs.items())), TsvQueries(tsv("queries.tsv", queries.items())),
-        TsvDocPairs(tsv("triples.tsv", triples)),
-    ))  # fmt: skip
+    ir_datasets.registry.register(
+        name,
+        Dataset(
+            TsvDocs(tsv("docs.tsv", docs.items())),
+            TsvQueries(tsv("queries.tsv", queries.items())),
+            TsvDocPairs(tsv("triples.tsv", triples)),
+        ),
+    )
     got = read_pairs(name)
     assert [g["query"] for g in got] == [r["query"] for r in rows]
     assert [g["positive"]["text"] for g in got] == [r["positive"]["text"] for r in rows]
@@ -234,17 +291,19 @@ def test_pairs_from_an_ir_datasets_id(pairs_file, tmp_path, monkeypatch):
 
 def test_distillation_from_the_bi_encoder(udhr_dir, tiny_bert, tmp_path):
     from rerank.training.pairs import make_pairs, read_pairs
-    from rerank.training.task import (
-        FUSION_WEIGHTS,
-        TEACHER_TEMPERATURE,
-        TaskConfig,
-        ranking_loss,
-        train_task_module,
-    )
+    from rerank.training.task import FUSION_WEIGHTS, TEACHER_TEMPERATURE, TaskConfig, ranking_loss, train_task_module
 
     out = tmp_path / "pairs.jsonl"
-    make_pairs(udhr_dir / "docs.en.jsonl", out, lang="en", negatives=3, random_negatives=1, max_queries=8,
-               teacher=True, progress=False)  # fmt: skip
+    make_pairs(
+        udhr_dir / "docs.en.jsonl",
+        out,
+        lang="en",
+        negatives=3,
+        random_negatives=1,
+        max_queries=8,
+        teacher=True,
+        progress=False,
+    )
     rows = read_pairs(out)
     assert all(len(r["teacher"]) == 4 and all(0 < t <= 1 for t in r["teacher"]) for r in rows)  # cosines
     assert sum(r["teacher"][0] > max(r["teacher"][1:]) for r in rows) >= len(rows) // 2  # the teacher knows a bit
@@ -253,8 +312,16 @@ def test_distillation_from_the_bi_encoder(udhr_dir, tiny_bert, tmp_path):
     ce = torch.nn.functional.cross_entropy(t / TEACHER_TEMPERATURE, torch.zeros(len(t), dtype=torch.long))
     torch.testing.assert_close(ranking_loss(t / TEACHER_TEMPERATURE, "listwise-kd", t), ce)
     assert ranking_loss(torch.zeros_like(t), "listwise-kd", t) > ranking_loss(torch.zeros_like(t), "listwise", t)
-    cfg = TaskConfig(kind="lora", loss="listwise-kd", max_steps=2, batch_queries=2, negatives=3, max_length=64,
-                     probe_queries=4, probe_epochs=1)  # fmt: skip
+    cfg = TaskConfig(
+        kind="lora",
+        loss="listwise-kd",
+        max_steps=2,
+        batch_queries=2,
+        negatives=3,
+        max_length=64,
+        probe_queries=4,
+        probe_epochs=1,
+    )
     m = train_task_module(out, tmp_path / "kd", cfg, model=tiny_bert, progress=False)
     r = m.config.recipe
     assert r["loss"] == "listwise-kd" and r["probe"]["queries"] == 4

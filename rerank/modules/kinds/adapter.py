@@ -42,9 +42,7 @@ def init_adapters(model) -> None:
 def adapter_tensors(model, slot: str) -> dict:
     """The tensors of the adapter ``slot`` an ``adapters``-initialised model holds, named with ``{}``."""
     return {
-        strip_base_prefix(n).replace(f".{slot}.", ".{}."): p
-        for n, p in model.named_parameters()
-        if f".{slot}." in n
+        strip_base_prefix(n).replace(f".{slot}.", ".{}."): p for n, p in model.named_parameters() if f".{slot}." in n
     }
 
 
@@ -156,8 +154,11 @@ class Adapter(Kind):
         slot = "lang" if ctx.role == "language" else "task"
         n_layers = encoder.config.num_hidden_layers
         leave_out = list(range(n_layers - spec.layers)) if spec.layers else []
-        config = SeqBnInvConfig(reduction_factor=spec.reduction, leave_out=leave_out) if ctx.role == "language" \
+        config = (
+            SeqBnInvConfig(reduction_factor=spec.reduction, leave_out=leave_out)
+            if ctx.role == "language"
             else SeqBnConfig(reduction_factor=spec.reduction, leave_out=leave_out)
+        )
         encoder.add_adapter(slot, config=config)
         encoder.train_adapter(slot)  # freezes everything else
         if ctx.below:  # MAD-X: the task adapter is trained on top of the (frozen) language adapter

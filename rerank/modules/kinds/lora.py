@@ -144,10 +144,18 @@ class LoRA(Kind):
                 alpha_pattern[re.escape(mod)] = cfg.scaling * a.shape[0]
         alpha = cfg.scaling * r
         pcfg = dict(
-            peft_type="LORA", r=r, lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
-            rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, lora_dropout=0.0, bias="none",
-            fan_in_fan_out=False, init_lora_weights=True, use_rslora=False, use_dora=False,
-        )  # fmt: skip
+            peft_type="LORA",
+            r=r,
+            lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
+            rank_pattern=rank_pattern,
+            alpha_pattern=alpha_pattern,
+            lora_dropout=0.0,
+            bias="none",
+            fan_in_fan_out=False,
+            init_lora_weights=True,
+            use_rslora=False,
+            use_dora=False,
+        )
         return tensors, pcfg, targets
 
     def from_peft(self, src: Path, pcfg: dict, tensors: dict, shapes: dict):
@@ -201,8 +209,10 @@ class LoRA(Kind):
         spec = ctx.spec
         names = sorted({n[: -len(".weight")] for n in deltas.target_weights(ctx.model, layers=spec.layers)})
         alpha = 2 * spec.rank
-        peft_model = get_peft_model(ctx.model, LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=names,
-                                                          lora_dropout=0.0, init_lora_weights=True))  # fmt: skip
+        peft_model = get_peft_model(
+            ctx.model,
+            LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=names, lora_dropout=0.0, init_lora_weights=True),
+        )
         params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n}
         log = ctx.fit(params | dict(ctx.extra_params), ctx.loop, self.name, dev=ctx.dev, checkpoint="lora")
         pairs, shapes = {}, {}

@@ -245,8 +245,9 @@ class Sparse(Kind):
             mod = target[: -len(".weight")]
             tensors[f"{prefix}{mod}.shira_indices"] = torch.stack([idx // in_f, idx % in_f]).to(torch.int)
             tensors[f"{prefix}{mod}.shira_weight"] = val.contiguous()
-        pcfg = dict(peft_type="SHIRA", r=r, mask_type="random", random_seed=None, fan_in_fan_out=False,
-                    init_weights=True)  # fmt: skip
+        pcfg = dict(
+            peft_type="SHIRA", r=r, mask_type="random", random_seed=None, fan_in_fan_out=False, init_weights=True
+        )
         return tensors, pcfg, targets
 
     def from_peft(self, src: Path, pcfg: dict, tensors: dict, shapes: dict):
@@ -312,17 +313,23 @@ class Sparse(Kind):
                 if loop.time_budget is not None:
                     loop.time_budget = max(1.0, loop.time_budget - float(done.get("phase1_seconds", 0.0)))
         elif self.name == "shira":
-            chosen = sparse.choose(self._mask_scores(ctx, weights), spec.density, cands, per_tensor=True,
-                                   seed=spec.seed)  # fmt: skip
+            chosen = sparse.choose(
+                self._mask_scores(ctx, weights), spec.density, cands, per_tensor=True, seed=spec.seed
+            )
             recipe["mask"] = spec.mask
         else:  # LT-SFT phase 1: full fine-tuning of the targets for half the steps
             base = {n: w.detach().clone() for n, w in weights.items()}
             for w in weights.values():
                 w.requires_grad_(True)
-            phase1 = replace(loop, max_steps=max(1, loop.max_steps // 2), patience=None,
-                             time_budget=None if loop.time_budget is None else loop.time_budget / 2)  # fmt: skip
-            log1 = ctx.fit(dict(weights) | dict(ctx.extra_params), phase1, "LT-SFT phase 1", dev=None,
-                           checkpoint="phase1")  # fmt: skip
+            phase1 = replace(
+                loop,
+                max_steps=max(1, loop.max_steps // 2),
+                patience=None,
+                time_budget=None if loop.time_budget is None else loop.time_budget / 2,
+            )
+            log1 = ctx.fit(
+                dict(weights) | dict(ctx.extra_params), phase1, "LT-SFT phase 1", dev=None, checkpoint="phase1"
+            )
             with torch.no_grad():
                 moved = {n: (w.detach() - base[n]) for n, w in weights.items()}
                 for n, w in weights.items():
