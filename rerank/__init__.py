@@ -24,6 +24,7 @@ __all__ = [
     "Query",
     "RerankError",
     "ScoredDoc",
+    "SearchSettings",
     "__version__",
     "build_dense",
     "build_index",
@@ -43,6 +44,7 @@ _LAZY = {
     "CrossEncoder": "rerank.scoring.cross",
     "Reranker": "rerank.scoring.reranker",
     "Pipeline": "rerank.pipeline",
+    "SearchSettings": "rerank.pipeline",
 }
 
 
