@@ -239,16 +239,17 @@ class Pipeline:
         from rerank.scoring.encoder import resolve
 
         info = resolve(self._model)
-        stack = () if info.has_head else default_stack(None, info.fingerprint)
+        entries = catalog()  # read once: every language's stack is picked from it
+        stack = () if info.has_head else default_stack(None, info.fingerprint, entries=entries)
         verdict = task_verdict(stack[-1]) if stack and reranker == "auto" else None
         self.auto_note = verdict
         if not stack or verdict is not None:
             return {}
         self._heads_from_modules = True
-        codes = {e.language for e in catalog() if e.role == "language" and e.fingerprint == info.fingerprint}
+        codes = {e.language for e in entries if e.role == "language" and e.fingerprint == info.fingerprint}
         out = {"*": tuple(str(p) for p in stack)}
         for code in sorted(c for c in codes if c):
-            out[code] = tuple(str(p) for p in default_stack(code, info.fingerprint))
+            out[code] = tuple(str(p) for p in default_stack(code, info.fingerprint, entries=entries))
         return out
 
     @classmethod

@@ -74,12 +74,14 @@ def catalog(home: str | os.PathLike | None = None) -> list[Entry]:
     return out
 
 
-def default_stack(lang: str | None, fingerprint: str, home: str | os.PathLike | None = None) -> tuple[Path, ...]:
+def default_stack(
+    lang: str | None, fingerprint: str, home: str | os.PathLike | None = None, entries: list[Entry] | None = None
+) -> tuple[Path, ...]:
     """The shipped modules stacked for queries in ``lang`` on the backbone ``fingerprint``: (language
     module, task module), or () when no task module is made for this backbone."""
     from rerank import languages
 
-    mine = [e for e in catalog(home) if e.fingerprint == fingerprint]
+    mine = [e for e in (catalog(home) if entries is None else entries) if e.fingerprint == fingerprint]
     tasks = [e for e in mine if e.role == "task"]
     if not tasks:
         return ()
