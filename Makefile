@@ -157,9 +157,10 @@ TEXT_ru    := data/lohelp/docs.ru.jsonl
 MOD_LANGS  := ky ug tr en de ru
 LANG_ARGS  := --max-steps 250 --eval-every 50 --seq-len 128 --batch-size 16 --time-budget 28m
 # the residual head (the bi-encoder's score + a correction learned from the cross-encoder's mean-pooled states,
-# starting at zero) over the top layers, listwise softmax over the positive and 7 first-stage negatives;
-# modules/README.md has the dev figures that chose head, layers and steps
-TASK_ARGS  := --head residual --layers 4 --loss listwise --lr 1e-3 --hard-fraction 0.5 --select mrr --max-steps 150 \
+# starting at zero) over the top layers, listwise softmax over the positive and 7 first-stage negatives plus the
+# KL divergence from the bi-encoder's own distribution over the group (listwise-kd: the pairs keep its cosines);
+# modules/README.md has the dev figures that chose head, layers, loss and steps
+TASK_ARGS  := --head residual --layers 4 --loss listwise-kd --lr 1e-3 --hard-fraction 0.5 --select mrr --max-steps 150 \
 	--batch-queries 4 --negatives 7 --max-length 256 --eval-every 75 --patience 0 --time-budget 85m
 SHIP_MODS  := $(foreach l,$(MOD_LANGS),modules/$(l)-lang-$(SHIPPED)) modules/en-task-$(SHIPPED)
 

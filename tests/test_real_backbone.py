@@ -90,6 +90,7 @@ def test_the_shipped_modules_their_targets_and_when_search_stacks_them(e5_en_ind
         # a language module trains in at most 30 minutes here, the task module in at most 3 hours in all
         assert raw["recipe"]["seconds"] <= (3 * 3600 if raw["role"] == "task" else 30 * 60)
     task = json.loads((home / "en-task-shira" / "module_config.json").read_text(encoding="utf-8"))["recipe"]
+    assert task["loss"] == "listwise-kd" and task["steps"] == 150  # the recipe modules/README.md gives
     earned = task["dev_mrr_composed"] >= task["dev_mrr_teacher"]
     assert (task_verdict(home / "en-task-shira") is None) == earned
     qrels = read_qrels(udhr_dir / "qrels.en.txt")
