@@ -192,6 +192,11 @@ class Pipeline:
         self.bm25 = BM25Index(self.path, analyzer=settings.analyzer)
         self.doc_lang = self.bm25.meta.language
         self.has_dense = (dense_path(self.path) / "dense.json").is_file()
+        if self.bm25.meta.dense and not self.has_dense:
+            raise RerankError(
+                f"{self.path} is incomplete: it was built with a dense part and dense/ is missing",
+                hint=f"add it again with `rerank index --dense-only --out {self.path}`",
+            )
         if settings.first_stage != "auto" and STAGES[settings.first_stage].needs_dense and not self.has_dense:
             from rerank.indexes.dense import read_dense_meta
 
@@ -230,7 +235,11 @@ class Pipeline:
         the reranker's backbone, for every language the catalogue has a module for and for the rest — resolved
         here once, so a search reads this map and changes nothing."""
         if not (isinstance(modules, str) and modules == "auto"):
+            from rerank.modules.format import check_module_files
+
             mapped = _module_map(modules)
+            for path in dict.fromkeys(p for mods in mapped.values() for p in mods):
+                check_module_files(path)  # a damaged module is named now, not mistaken for one without a head
             self._heads_from_modules = any(_has_head(p) for mods in mapped.values() for p in mods)
             return mapped
         if reranker not in ("auto", "cross"):

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from rerank.backbone.e5file import E5File, read_e5_file
-from rerank.backbone.files import META_NAME, SINGLE_NAME, read_json, rerank_home, umask_mode, write_json_atomic
+from rerank.backbone.files import META_NAME, SINGLE_NAME, read_json, rerank_home, write_json_atomic
 from rerank.errors import RerankError
+from rerank.files import umask_mode
 
 CONVERTER_VERSION = 1
 DEFAULT_BIN = "e5-small-q4.bin"

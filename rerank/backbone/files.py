@@ -40,13 +40,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
-def umask_mode(mode: int = 0o666) -> int:
-    """``mode`` with the process umask applied (for files written by libraries that use owner-only modes)."""
-    current = os.umask(0o022)
-    os.umask(current)
-    return mode & ~current
-
-
 def read_json(path: Path) -> Any:
     """Parse a JSON file, raising :class:`RerankError` (one line) when it cannot be read."""
     try:
@@ -63,6 +56,8 @@ def safetensors_header(path: Path) -> tuple[dict[str, dict], int]:
             if n > 100_000_000:
                 raise ValueError(f"header length {n} is implausible")
             header = json.loads(f.read(n))
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
     except (OSError, ValueError, struct.error) as e:
         raise RerankError(f"cannot read {path}: {e}", hint="the file is not a valid safetensors file") from None
     header.pop("__metadata__", None)

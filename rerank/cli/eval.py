@@ -95,7 +95,7 @@ def run(
         raise RerankError(f"--test {test!r} is not a test", hint="t (paired t-test) or perm (randomisation)")
     measures = parse_metrics(metrics)
     if out_dir is not None:
-        refuse_existing(out_dir, overwrite)
+        refuse_existing(out_dir, overwrite, marker="metrics.json", inputs=[qrels, *(_run_name(r)[1] for r in runs)])
     q = read_qrels(qrels)
     loaded, commands = load_runs(runs)
     if baseline is not None and baseline not in loaded:

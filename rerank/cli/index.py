@@ -60,7 +60,7 @@ def index(
                 "--dense-only reads the documents of an existing index; drop --docs",
                 hint=f"rerank index --dense-only --out {out_dir}",
             )
-        _dense(out_dir, model, dense_kind, overwrite, quiet)
+        out.print(_dense(out_dir, model, dense_kind, overwrite, quiet))
         return
     if docs is None or lang is None:
         raise RerankError(
@@ -73,10 +73,24 @@ def index(
 
         resolve_model(model)  # a bad --model is reported before the BM25 part is built
     started = time.perf_counter()
+    done: dict[str, object] = {}
+
+    def finish(folder: Path) -> None:  # the dense part, built inside the index before it is renamed into place
+        done["bm25 seconds"] = time.perf_counter() - started
+        done["dense line"] = _dense(folder, model, dense_kind, True, quiet, shown=out_dir)
+
     meta = index_file(
-        docs, out_dir, language.code, overwrite=overwrite, threads=threads, k1=k1, b=b, progress=not quiet
+        docs,
+        out_dir,
+        language.code,
+        overwrite=overwrite,
+        threads=threads,
+        k1=k1,
+        b=b,
+        progress=not quiet,
+        finish=finish if dense else None,
     )
-    took = time.perf_counter() - started
+    took = done.get("bm25 seconds", time.perf_counter() - started)
     out.print(
         f"indexed {meta.documents:,} documents ({language.name}, analyzer {meta.analyzer}) "
         f"into {out_dir} in {took:.1f} s"
@@ -85,17 +99,20 @@ def index(
 
     if not has_lucene(language.code):
         err.print(f"note: Lucene has no {language.name} analyzer; documents were pre-tokenized ({meta.analyzer})")
-    if dense:
-        _dense(out_dir, model, dense_kind, True, quiet)
+    if "dense line" in done:
+        out.print(done["dense line"])
 
 
-def _dense(out_dir: Path, model: Path | None, kind: str, overwrite: bool, quiet: bool) -> None:
+def _dense(
+    folder: Path, model: Path | None, kind: str, overwrite: bool, quiet: bool, shown: Path | None = None
+) -> str:
+    """Build ``folder``'s dense part; the line that says so (``shown``: the path to name in it)."""
     from rerank.indexes.dense import build_dense
 
     started = time.perf_counter()
-    meta = build_dense(out_dir, model=model, kind=kind, progress=not quiet, overwrite=overwrite)
+    meta = build_dense(folder, model=model, kind=kind, progress=not quiet, overwrite=overwrite)
     took = time.perf_counter() - started
-    out.print(
+    return (
         f"encoded {meta.documents:,} documents with {meta.backbone} ({meta.dim} dims, faiss {meta.kind}) "
-        f"into {out_dir}/dense in {took:.1f} s"
+        f"into {shown or folder}/dense in {took:.1f} s"
     )

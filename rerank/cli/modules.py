@@ -52,11 +52,11 @@ def quantize(
 ) -> None:
     """Store a module's values at fewer bits (dequantized when loaded)."""
     from rerank.files import refuse_existing
-    from rerank.modules.format import load_module, module_size, quantize_module, save_module
+    from rerank.modules.format import CONFIG_FILE, load_module, module_size, quantize_module, save_module
     from rerank.modules.quant import check_bits
 
     check_bits(bits)
-    refuse_existing(out_dir, overwrite)
+    refuse_existing(out_dir, overwrite, marker=CONFIG_FILE, inputs=(path,))
     m = load_module(path)
     q = quantize_module(m, bits, block)
     save_module(q, out_dir, overwrite=overwrite)
@@ -84,13 +84,13 @@ def export(
     from rerank.errors import RerankError
     from rerank.files import refuse_existing
     from rerank.modules.format import load_module
-    from rerank.modules.interop import export_peft
+    from rerank.modules.interop import PEFT_CONFIG, export_peft
 
     if to != "peft":
         raise RerankError(f"--to {to!r}: modules are exported to peft", hint="--to peft")
     if for_model not in ("auto", "encoder", "cross-encoder"):
         raise RerankError(f"--for {for_model!r} is not a model class", hint="auto, encoder or cross-encoder")
-    refuse_existing(out_dir, overwrite)
+    refuse_existing(out_dir, overwrite, marker=PEFT_CONFIG, inputs=(path,))
     m = load_module(path)
     head = None if for_model == "auto" else for_model == "cross-encoder"
     export_peft(m, out_dir, head=head, overwrite=overwrite)
@@ -115,7 +115,7 @@ def import_(
     from rerank.backbone import resolve_model
     from rerank.errors import RerankError
     from rerank.files import refuse_existing
-    from rerank.modules.format import ROLES, module_size, save_module
+    from rerank.modules.format import CONFIG_FILE, ROLES, module_size, save_module
     from rerank.modules.interop import backbone_shapes, import_peft
 
     if role not in ROLES:
@@ -123,7 +123,7 @@ def import_(
     if role == "language" and not lang:
         raise RerankError("a language module needs its language", hint="add --lang, e.g. --lang ky")
     code = languages.code(lang) if lang else ""
-    refuse_existing(out_dir, overwrite)
+    refuse_existing(out_dir, overwrite, marker=CONFIG_FILE, inputs=(path,))
     info_ = resolve_model(model)
     m = import_peft(
         path,

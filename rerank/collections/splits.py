@@ -91,7 +91,7 @@ def write_collection(
             dropped += len(ts) - len(kept)
             parts[(s, lang)] = kept
     counts: dict[str, dict[str, int]] = {}
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, marker="collection.json") as tmp:
         write_jsonl_docs(docs, tmp / f"docs.{doc_lang}.jsonl")
         if train_docs is not None:
             write_jsonl_docs(train_docs, tmp / f"docs.train.{doc_lang}.jsonl")

@@ -148,7 +148,7 @@ def prepare(
         )
     unknown_docs = {q.doc_id for q in judged} - seen
     name = f"{kind}-{doc}"
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, marker="grid.toml") as tmp:
         write_jsonl_docs(documents, tmp / f"docs.{doc}.jsonl")
         write_tsv_topics(queries, tmp / f"topics.{query}.tsv")
         write_tsv_topics(desc, tmp / f"topics.{query}.desc.tsv")

@@ -196,6 +196,20 @@ def _ensure_index(index: Path, docs: Path, lang: str, progress: bool) -> None:
     build_dense(index, progress=progress, overwrite=True)
 
 
+def check_grid_folder(out: Path) -> None:
+    """A grid writes into its folder as it goes (the run cache): refuse a file, or a folder holding
+    anything but an earlier grid's report, rather than mix the two."""
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise RerankError(f"the grid's --out is a file: {out}", hint="give a folder (new, or an earlier grid's)")
+    if any(out.iterdir()) and not ((out / "grid.json").is_file() or (out / "runs").is_dir()):
+        raise RerankError(
+            f"{out} holds something other than a grid's report (no grid.json or runs/)",
+            hint="give a new folder, or an earlier grid's --out",
+        )
+
+
 def run_grid(grid: Grid, out: str | os.PathLike, *, progress: bool = True, command: str | None = None) -> dict:
     """Run (or reuse) every system × document language × query language; returns
     {(doc, query): {system: run path}}. ``command``: how the grid was invoked, recorded beside each run."""
@@ -206,6 +220,7 @@ def run_grid(grid: Grid, out: str | os.PathLike, *, progress: bool = True, comma
     from rerank.pipeline import Pipeline, SearchSettings
 
     out = Path(out)
+    check_grid_folder(out)
     c = grid.collection
     active = []
     for s in grid.systems:

@@ -145,7 +145,7 @@ def write_report(
     from rerank.files import atomic_dir
 
     commands = commands or {}
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, marker="metrics.json") as tmp:
         plots: list[tuple[str, str]] = []
         for m in ev.measures:
             p = tmp / f"metric-{_slug(m)}.png"

@@ -24,7 +24,7 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,7 @@ class IndexMeta:
     created: str = ""
     format: str = FORMAT
     anserini: str = ""
+    dense: bool = False  # built with its dense part (dense/): search refuses the folder if that part is gone
 
     @property
     def pretokenized(self) -> bool:
@@ -120,18 +121,21 @@ def build_index(
     progress: bool = True,
     total: int | None = None,
     java_reads: Path | None = None,
+    finish: Callable[[Path], object] | None = None,
 ) -> IndexMeta:
     """Index ``docs`` for BM25 into the folder ``out`` (built under a temporary name, then renamed).
 
     ``java_reads``: a Pyserini-shaped JSONL file holding exactly ``docs``, which Lucene then reads
-    itself while Python checks and stores the same documents (see :func:`index_file`)."""
+    itself while Python checks and stores the same documents (see :func:`index_file`). ``finish``: called
+    with the finished folder before it is renamed into place (the dense part is built there, so that an
+    index appears complete or not at all)."""
     language = languages.resolve(lang)
     analyzer = analyzer_for(language.code)
     threads = threads or min(4, os.cpu_count() or 1)
     jvm.start()
     from tqdm import tqdm
 
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, marker=META_FILE, inputs=(source,)) as tmp:
         docs = write_docstore(tmp / "docs.sqlite", docs)
         docs = tqdm(docs, total=total, unit=" docs", desc=f"indexing ({analyzer})", disable=not progress)
         if java_reads is not None:
@@ -150,8 +154,11 @@ def build_index(
             created_by=f"rerank {__version__}",
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             anserini=_anserini_version(),
+            dense=finish is not None,
         )
         (tmp / META_FILE).write_text(json.dumps(meta.__dict__, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if finish is not None:
+            finish(tmp)
     return meta
 
 
@@ -257,6 +264,7 @@ def index_file(
     k1: float = DEFAULT_K1,
     b: float = DEFAULT_B,
     progress: bool = True,
+    finish: Callable[[Path], object] | None = None,
 ) -> IndexMeta:
     """Index a documents file (any format :func:`~rerank.collections.docs.read_docs` reads).
 
@@ -267,8 +275,8 @@ def index_file(
 
     p = check_readable(path, "documents file")
     language = languages.resolve(lang)
-    refuse_existing(Path(out), overwrite)  # before any pass over the file
-    kw = dict(overwrite=overwrite, threads=threads, k1=k1, b=b, source=p, progress=progress)
+    refuse_existing(Path(out), overwrite, marker=META_FILE, inputs=(p,))  # before any pass over the file
+    kw = dict(overwrite=overwrite, threads=threads, k1=k1, b=b, source=p, progress=progress, finish=finish)
     total = _count_lines(p) if progress and p.name.endswith((".jsonl", ".jsonl.gz")) else None
     if has_lucene(language.code) and _pyserini_shaped(p):
         try:

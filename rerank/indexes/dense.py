@@ -129,7 +129,7 @@ def build_dense(
             raise RerankError(f"{index_dir} has no documents to encode", hint="index some documents first")
         index = _new_index(faiss, kind, encoder.dim, n, params)
         with (
-            atomic_dir(dense_path(index_dir), overwrite) as tmp,
+            atomic_dir(dense_path(index_dir), overwrite, marker=META_FILE) as tmp,
             open(tmp / "docids.txt", "w", encoding="utf-8") as ids_file,
             tqdm(total=n, desc="dense encoding", unit="doc", disable=not progress, file=None) as bar,
         ):

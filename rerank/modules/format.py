@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rerank import __version__
 from rerank.errors import RerankError
-from rerank.files import atomic_dir
+from rerank.files import atomic_dir, check_readable
 from rerank.modules import kinds
 from rerank.modules.kinds.base import LOW_BITS, hash_tensors
 
@@ -178,7 +178,7 @@ def save_module(module: Module, path: str | os.PathLike, overwrite: bool = False
     _refuse_low_bits(module, module.config.bits)
     tensors = module.kind.write(module.payload, module.config)
     tensors |= {f"{EXTRA}{name}": t.contiguous() for name, t in module.extras.items()}
-    with atomic_dir(path, overwrite) as tmp:
+    with atomic_dir(path, overwrite, marker=CONFIG_FILE) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(
             json.dumps(asdict(module.config), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -199,6 +199,8 @@ def peek_config(path: str | os.PathLike) -> ModuleConfig | None:
 def read_config(path: str | os.PathLike) -> ModuleConfig:
     """A module folder's checked config (the weights are not read): the one reader of ``module_config.json``."""
     p = Path(path)
+    if not os.path.lexists(p):
+        raise RerankError(f"module not found: {p}", hint="check the path (relative paths start at the current folder)")
     if not (p / CONFIG_FILE).is_file():
         raise RerankError(f"{p} is not a module folder (no {CONFIG_FILE})", hint="give a folder written by rerank")
     try:
@@ -206,6 +208,22 @@ def read_config(path: str | os.PathLike) -> ModuleConfig:
     except (ValueError, UnicodeDecodeError) as e:
         raise RerankError(f"{p / CONFIG_FILE} is not valid JSON ({e})", hint="the module is damaged") from e
     return _check_config(raw, p / CONFIG_FILE)
+
+
+def check_module_files(path: str | os.PathLike) -> ModuleConfig:
+    """A module folder's config, checked, and its weights file present, regular and with a readable
+    safetensors header — what can be known without reading the tensors (a module given by the user is
+    checked so before anything depends on it, e.g. on the ranking head it should bring)."""
+    from rerank.backbone.files import safetensors_header
+
+    p = Path(path)
+    cfg = read_config(p)
+    weights = p / WEIGHTS_FILE
+    if not os.path.lexists(weights):
+        raise RerankError(f"{p} has no {WEIGHTS_FILE}", hint="the module is incomplete; rebuild it")
+    check_readable(weights, "module weights")
+    safetensors_header(weights)
+    return cfg
 
 
 def load_module(
@@ -224,8 +242,12 @@ def load_module(
             f"not on the loaded one ({fingerprint[:19]})",
             hint="load the backbone it was made for (--model), or use a module made for this one",
         )
+    weights = p / WEIGHTS_FILE
+    if not os.path.lexists(weights):
+        raise RerankError(f"{p} has no {WEIGHTS_FILE}", hint="the module is incomplete; rebuild it")
+    check_readable(weights, "module weights")  # a FIFO or a device would block the reader
     try:
-        tensors = load_file(str(p / WEIGHTS_FILE))
+        tensors = load_file(str(weights))
     except FileNotFoundError as e:
         raise RerankError(f"{p} has no {WEIGHTS_FILE}", hint="the module is incomplete; rebuild it") from e
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -281,10 +303,13 @@ def extra_names(module) -> set[str]:
     not read, only its header; an unreadable folder carries none (loading it reports why)."""
     if isinstance(module, Module):
         return set(module.extras)
+    weights = Path(module) / WEIGHTS_FILE
+    if not weights.is_file():
+        return set()  # missing, or a FIFO that would block: loading it reports why
     try:
         from safetensors import safe_open
 
-        with safe_open(str(Path(module) / WEIGHTS_FILE), framework="pt") as f:
+        with safe_open(str(weights), framework="pt") as f:
             return {k[len(EXTRA) :] for k in f.keys() if k.startswith(EXTRA)}
     except Exception:  # noqa: BLE001 - a missing or damaged file is reported when the module is loaded
         return set()

@@ -130,7 +130,7 @@ def export_peft(
         f"Base model: {cfg.base_model} (fingerprint {cfg.base_fingerprint}).\n"
         "Load with `PeftModel.from_pretrained(base, this_folder)`.\n"
     )
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, marker=PEFT_CONFIG) as tmp:
         save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
         (tmp / PEFT_CONFIG).write_text(json.dumps(pcfg, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(card, encoding="utf-8")

@@ -234,7 +234,7 @@ def init_cross_encoder(backbone, out: str | Path, *, seed: int = 0, overwrite: b
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, marker="config.json") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         load_tokenizer(info.path).save_pretrained(str(tmp))
         meta = Path(info.path) / "rerank-backbone.json"

@@ -77,14 +77,14 @@ def train_language_module(
     from rerank.backbone import resolve_model
     from rerank.backbone.runtime import load_tokenizer, load_weights
     from rerank.files import refuse_existing
-    from rerank.modules.format import Module, ModuleConfig, save_module
+    from rerank.modules.format import CONFIG_FILE, Module, ModuleConfig, save_module
     from rerank.training.mlm import MaskedBatches, MLMHead, mlm_loss, restricted_vocab
     from rerank.training.text import check_script, read_texts, split_dev
 
     kinds.get(cfg.kind)
     code = languages.code(lang)
     out = Path(out)
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite, marker=CONFIG_FILE, inputs=text_files)
     started = time.perf_counter()
     docs = read_texts(text_files)
     found_script = check_script(docs, code)

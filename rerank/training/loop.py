@@ -170,7 +170,7 @@ def _save_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog, step:
         for k, v in st.items():
             if torch.is_tensor(v):
                 tensors[f"opt.{n}.{k}"] = v.detach().reshape(v.shape).contiguous()
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, overwrite=True, marker="state.json") as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
         state = {"step": step, "sched": sched.state_dict(), "log": log.as_dict()}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")

@@ -284,7 +284,7 @@ def train_task_module(
     from rerank.errors import warn
     from rerank.files import refuse_existing
     from rerank.modules.compose import ComposedModel
-    from rerank.modules.format import Module, ModuleConfig, load_module, save_module
+    from rerank.modules.format import CONFIG_FILE, Module, ModuleConfig, load_module, save_module
     from rerank.scoring.cross import init_cross_encoder
     from rerank.training.pairs import read_pairs
 
@@ -299,9 +299,9 @@ def train_task_module(
         raise RerankError("--list-head goes on the plain head, not the residual one", hint="drop one of them")
     code = languages.code(source_lang)
     out = Path(out)
-    refuse_existing(out, overwrite)
-    started = time.perf_counter()
     sources = [pairs_path] if isinstance(pairs_path, str | os.PathLike) else list(pairs_path)
+    refuse_existing(out, overwrite, marker=CONFIG_FILE, inputs=[*sources, lang_module])
+    started = time.perf_counter()
     from_file = all(Path(p).exists() for p in sources)
     # an ir_datasets id (no file): as many queries as the steps take, and a dev split
     need = cfg.max_queries or (None if from_file else cfg.max_steps * cfg.batch_queries * cfg.grad_accum * 21 // 20)
@@ -582,7 +582,7 @@ def _save_work_state(work: Path, facts: dict, head: dict) -> None:
 
     from rerank.files import atomic_dir
 
-    with atomic_dir(work / "start", overwrite=True) as tmp:
+    with atomic_dir(work / "start", overwrite=True, marker="state.json") as tmp:
         save_file({n: p.detach().contiguous() for n, p in head.items()}, str(tmp / "head.safetensors"))
         (tmp / "state.json").write_text(json.dumps(facts), encoding="utf-8")
 
