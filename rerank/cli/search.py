@@ -102,7 +102,7 @@ def search(
     from rerank import languages
     from rerank.cli._common import write_provenance
     from rerank.collections.topics import read_topics
-    from rerank.collections.trec import format_run_lines, write_run
+    from rerank.collections.trec import check_tag, format_run_lines, write_run
     from rerank.errors import RerankError
     from rerank.files import check_writable_target
     from rerank.modules.format import parse_density
@@ -115,8 +115,10 @@ def search(
         )
     weights = _weights(fusion_weights)
     code = languages.code(lang) if lang else ""
-    if output is not None:
-        check_writable_target(output, overwrite)
+    if output is not None:  # refused now, not after the search; its folder is made only when it is written
+        check_writable_target(output, overwrite, inputs=(topics,), create=False)
+    if tag is not None:
+        check_tag(tag)
     if query is not None:
         if not query.strip():
             raise RerankError("empty query", hint="give the query some words")
@@ -150,9 +152,14 @@ def search(
         stage = pipe.plan(code or None)
         system = _system_name(stage, pipe)
         if code and code != pipe.doc_lang and stage.kind == "bm25" and not quiet:
+            fix = (
+                f"; {index} has no dense part: add it with `rerank index --dense-only --out {index}`"
+                if not pipe.has_dense
+                else ""
+            )
             err.print(
                 f"note: {code} queries over {pipe.doc_lang} documents: BM25 only matches words the two "
-                "languages share (names, numbers); a dense or hybrid first stage is needed across languages"
+                f"languages share (names, numbers); a dense or hybrid first stage is needed across languages{fix}"
             )
         if pipe.auto_note and not quiet:
             err.print(f"note: {pipe.auto_note}")

@@ -128,10 +128,18 @@ def strict_order(docs: Sequence[ScoredDoc]) -> list[ScoredDoc]:
     return out
 
 
+def check_tag(tag: str) -> str:
+    """A run's tag is one printable field (TREC's sixth column)."""
+    if not tag or any(c.isspace() for c in tag) or not tag.isprintable():
+        raise RerankError(
+            f"run tag {tag!r} must be one word of printable characters", hint="pass a tag without spaces"
+        )
+    return tag
+
+
 def format_run_lines(run: Iterable[ScoredDoc], tag: str = "rerank") -> Iterator[str]:
     """TREC lines for ``run``, grouped by query in first-seen order, each query in strict order."""
-    if not tag or any(c.isspace() for c in tag):
-        raise RerankError(f"run tag {tag!r} must be one word", hint="pass a tag without spaces")
+    check_tag(tag)
     for qid, docs in group_by_query(run).items():
         for rank, d in enumerate(strict_order(docs), start=1):
             yield f"{qid} Q0 {d.doc_id} {rank} {d.score:.9g} {tag}\n"
