@@ -79,6 +79,50 @@ def json_lines(path: str | os.PathLike, what: str, expected: str) -> Iterator[tu
             ) from None
 
 
+def validate_record(raw: object, cls: type, where: object, hint: str):
+    """``raw`` (parsed JSON) as an instance of the dataclass ``cls``, checked field by field against its
+    annotations by pydantic (strict types: ``"k1": "abc"`` or ``"analyzer": 5`` are refused, not coerced;
+    its ``__pydantic_config__`` may add e.g. ``extra="forbid"``); the first problem as one line."""
+    from pydantic import ValidationError
+
+    try:  # as JSON (what the file held): in strict mode a JSON object may stand for a dataclass
+        return _adapter(cls).validate_json(json.dumps(raw, allow_nan=True))
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        loc = ".".join(_loc_part(x) for x in first["loc"]) or "the top level"
+        got = repr(first.get("input"))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise RerankError(f"{where}: {loc}: {first['msg']}, got {got}{more}", hint=hint) from None
+
+
+def _loc_part(x: object) -> str:
+    """A field name or index as it can be shown on one line (a key may hold anything, newlines included)."""
+    text = x if isinstance(x, str) and x.isidentifier() else repr(x) if isinstance(x, str) else str(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_record(path: str | os.PathLike, cls: type, hint: str):
+    """A JSON metadata file read as the dataclass ``cls`` (:func:`validate_record`); any fault is one line."""
+    p = Path(path)
+    try:
+        raw = json.loads(check_readable(p, "metadata file").read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RerankError(f"{p} is damaged: not readable JSON ({e})", hint=hint) from None
+    return validate_record(raw, cls, p, hint)
+
+
+_ADAPTERS: dict[type, object] = {}
+
+
+def _adapter(cls: type):
+    if cls not in _ADAPTERS:
+        from pydantic import TypeAdapter
+
+        _ADAPTERS[cls] = TypeAdapter(cls)
+    return _ADAPTERS[cls]
+
+
 def refuse_existing(
     path: str | os.PathLike,
     overwrite: bool,

@@ -27,10 +27,13 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from annotated_types import Ge, Le
 
 from rerank import __version__, languages
 from rerank.errors import RerankError
-from rerank.files import atomic_dir, check_readable, refuse_existing
+from rerank.files import atomic_dir, check_readable, read_record, refuse_existing
 from rerank.indexes import jvm
 from rerank.indexes.analyzers import analyzer_for, has_lucene
 from rerank.indexes.docstore import DocStore, write_docstore
@@ -45,13 +48,16 @@ _new = tuple.__new__  # builds a ScoredDoc without the NamedTuple constructor's 
 
 @dataclass(frozen=True)
 class IndexMeta:
-    """What ``rerank-index.json`` records; search follows it exactly."""
+    """What ``rerank-index.json`` records; search follows it exactly (validated on load: strict types, no
+    unknown fields, and a language and analyzer that agree — never silently English)."""
+
+    __pydantic_config__ = {"strict": True, "allow_inf_nan": False, "extra": "forbid"}
 
     language: str
     analyzer: str  # "lucene-XX" or the pre-tokenizer's name
-    documents: int
-    k1: float = DEFAULT_K1
-    b: float = DEFAULT_B
+    documents: Annotated[int, Ge(1)]
+    k1: Annotated[float, Ge(0)] = DEFAULT_K1
+    b: Annotated[float, Ge(0), Le(1)] = DEFAULT_B
     source: dict | None = None
     created_by: str = ""
     created: str = ""
@@ -81,13 +87,18 @@ def read_meta(path: str | os.PathLike) -> IndexMeta:
             f"{p} is not a rerank index (no {META_FILE})",
             hint="pass a folder written by `rerank index`, or rebuild it (interrupted builds leave no index)",
         )
+    rebuild = "rebuild the index with `rerank index --overwrite`"
+    meta = read_record(meta_path, IndexMeta, rebuild)
     try:
-        raw = json.loads(meta_path.read_text(encoding="utf-8"))
-        meta = IndexMeta(**raw)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        code = languages.resolve(meta.language).code
+    except RerankError:
+        raise RerankError(f"{meta_path}: language {meta.language[:40]!r} is not a language", hint=rebuild) from None
+    expected = analyzer_for(code)
+    if meta.analyzer != expected and not (meta.pretokenized and expected == TOKENIZER_NAME):
         raise RerankError(
-            f"{meta_path} is damaged ({e})", hint="rebuild the index with `rerank index --overwrite`"
-        ) from None
+            f"{meta_path}: analyzer {meta.analyzer[:40]!r} is not the one for its language {code!r} ({expected})",
+            hint=rebuild,
+        )
     if meta.format != FORMAT:
         raise RerankError(f"{p} has index format {meta.format!r}; this version reads {FORMAT!r}", hint="rebuild it")
     if meta.pretokenized and meta.analyzer != TOKENIZER_NAME:
@@ -384,8 +395,28 @@ class BM25Index:
         try:
             hits = self._searcher.search(q, int(k))
         except Exception as e:  # jnius.JavaException: keep Java out of the caller's sight
-            raise RerankError(f"Lucene could not run the query ({e})", hint="shorten the query") from None
+            raise self._query_error(e, "the query") from None
         return [ScoredDoc(query_id, str(h.docid), float(h.score)) for h in hits]
+
+    def _culprit(self, queries: Sequence[Query], texts: Sequence[str], batch_error: Exception) -> RerankError:
+        """… so the queries of a failed batch are run one by one to find the one that fails, and why."""
+        for q, t in zip(queries, texts, strict=True):
+            try:
+                self._searcher.search(t, 1)
+            except Exception as e:  # noqa: BLE001 - jnius.JavaException
+                return self._query_error(e, f"query {q.query_id}" if q.query_id else "the query")
+        return self._query_error(batch_error, "the queries")
+
+    def _query_error(self, e: Exception, what: str) -> RerankError:
+        """Lucene's failure as one line; its clause limit (a query of thousands of distinct words) by name."""
+        if "TooManyClauses" in str(e) or "maxClauseCount" in str(e):
+            limit = self._autoclass("org.apache.lucene.search.IndexSearcher").getMaxClauseCount()
+            return RerankError(
+                f"{what} has more distinct words than BM25 can search: Lucene's limit is {limit:,} clauses "
+                "(maxClauseCount)",
+                hint="shorten the query, or search it with --first-stage dense",
+            )
+        return RerankError(f"Lucene could not run {what} ({' '.join(str(e).split())[:200]})", hint="shorten it")
 
     def batch_search(
         self, queries: Sequence[Query], k: int = 100, threads: int | None = None, progress: bool = True
@@ -408,8 +439,8 @@ class BM25Index:
                     jid.add(q.query_id)
                 try:
                     res = self._searcher.batch_search(jq, jid, int(k), int(threads))
-                except Exception as e:
-                    raise RerankError(f"Lucene could not run the queries ({e})", hint="check the topics") from None
+                except Exception as e:  # jnius.JavaException: Anserini's thread pool hides the cause,
+                    raise self._culprit(queries[start : start + chunk], texts[start : start + chunk], e) from None
                 # Hundreds of thousands of short-lived proxies and records: the cyclic GC would walk them
                 # all repeatedly for nothing (none of them forms a cycle), so it is paused here.
                 gc_was_on = gc.isenabled()

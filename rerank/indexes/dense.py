@@ -20,12 +20,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from annotated_types import Ge
 
 from rerank import __version__
 from rerank.errors import RerankError
-from rerank.files import atomic_dir
+from rerank.files import atomic_dir, read_record
 from rerank.types import Query, ScoredDoc
 
 DENSE_DIR = "dense"
@@ -37,13 +39,17 @@ _CHUNK = 8192  # documents encoded and added per step (bounded memory for large 
 
 @dataclass(frozen=True)
 class DenseMeta:
+    """What ``dense/dense.json`` records (validated on load: strict types, no unknown fields)."""
+
+    __pydantic_config__ = {"strict": True, "allow_inf_nan": False, "extra": "forbid"}
+
     backbone: str
     fingerprint: str
-    dim: int
-    documents: int
+    dim: Annotated[int, Ge(1)]
+    documents: Annotated[int, Ge(1)]
     kind: str = "flat"
     params: dict = field(default_factory=dict)  # hnsw: m, ef_search; ivf: nlist, nprobe
-    max_length: int = 512
+    max_length: Annotated[int, Ge(1)] = 512
     prefix: str = ""
     created_by: str = ""
     created: str = ""
@@ -61,16 +67,13 @@ def read_dense_meta(index_dir: str | os.PathLike) -> DenseMeta:
             f"{index_dir} has no dense index",
             hint=f"add one with: rerank index --dense-only --out {index_dir}  (or use --first-stage bm25)",
         )
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"format {raw.get('format')!r}")
-        return DenseMeta(**raw)
-    except (ValueError, TypeError) as e:
-        raise RerankError(
-            f"{p} is not a dense index description this version reads ({e})",
-            hint="rebuild it: rerank index --dense-only --overwrite --out INDEX",
-        ) from e
+    rebuild = f"rebuild it: rerank index --dense-only --overwrite --out {index_dir}"
+    meta = read_record(p, DenseMeta, rebuild)
+    if meta.format != FORMAT:
+        raise RerankError(f"{p}: dense index format {meta.format[:40]!r}; this version reads {FORMAT!r}", hint=rebuild)
+    if meta.kind not in KINDS:
+        raise RerankError(f"{p}: unknown dense index kind {meta.kind[:40]!r}", hint=rebuild)
+    return meta
 
 
 def _faiss(threads: int | None = None):
@@ -210,7 +213,13 @@ class DenseIndex:
                 f"{d / 'vectors.faiss'} cannot be read by faiss",
                 hint=f"rebuild it: rerank index --dense-only --overwrite --out {index_dir}",
             ) from e
-        self.doc_ids = (d / "docids.txt").read_text(encoding="utf-8").splitlines()
+        try:
+            self.doc_ids = (d / "docids.txt").read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RerankError(
+                f"{d / 'docids.txt'} cannot be read ({e})",
+                hint=f"rebuild it: rerank index --dense-only --overwrite --out {index_dir}",
+            ) from None
         if len(self.doc_ids) != self.index.ntotal or self.index.ntotal != self.meta.documents:
             raise RerankError(
                 f"{d} is inconsistent ({len(self.doc_ids)} ids, {self.index.ntotal} vectors)",

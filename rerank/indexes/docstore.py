@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from rerank.errors import RerankError
 from rerank.types import Document
 
 _SCHEMA = "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL) WITHOUT ROWID"
@@ -38,35 +39,52 @@ def write_docstore(path: Path, docs: Iterable[Document]) -> Iterator[Document]:
 
 
 class DocStore:
-    """Read-only access to a store written by :func:`write_docstore`."""
+    """Read-only access to a store written by :func:`write_docstore`. A damaged file (truncated, or not
+    a database at all) is reported as one line naming it, when opened or whenever a read meets the damage."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            self._con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise self._damaged(e) from None
+        self._rows("SELECT doc_id FROM docs LIMIT 1")  # not a database, or no documents table: said now
+
+    def _damaged(self, e: Exception) -> RerankError:
+        return RerankError(f"{self.path} is damaged ({e})", hint="rebuild the index with `rerank index --overwrite`")
+
+    def _rows(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        try:
+            return self._con.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise self._damaged(e) from None
 
     def __len__(self) -> int:
-        return self._con.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+        return self._rows("SELECT COUNT(*) FROM docs")[0][0]
 
     def get(self, doc_id: str) -> Document | None:
-        row = self._con.execute("SELECT doc_id, text, title FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
-        return Document(*row) if row else None
+        rows = self._rows("SELECT doc_id, text, title FROM docs WHERE doc_id = ?", (doc_id,))
+        return Document(*rows[0]) if rows else None
 
     def ids(self) -> list[str]:
         """Every document id, sorted."""
-        return [row[0] for row in self._con.execute("SELECT doc_id FROM docs ORDER BY doc_id")]
+        return [row[0] for row in self._rows("SELECT doc_id FROM docs ORDER BY doc_id")]
 
     def get_many(self, doc_ids: Sequence[str]) -> dict[str, Document]:
         out: dict[str, Document] = {}
         for i in range(0, len(doc_ids), 500):
             chunk = list(doc_ids[i : i + 500])
             marks = ",".join("?" * len(chunk))
-            for row in self._con.execute(f"SELECT doc_id, text, title FROM docs WHERE doc_id IN ({marks})", chunk):
+            for row in self._rows(f"SELECT doc_id, text, title FROM docs WHERE doc_id IN ({marks})", chunk):
                 out[row[0]] = Document(*row)
         return out
 
     def __iter__(self) -> Iterator[Document]:
-        for row in self._con.execute("SELECT doc_id, text, title FROM docs ORDER BY doc_id"):
-            yield Document(*row)
+        try:
+            for row in self._con.execute("SELECT doc_id, text, title FROM docs ORDER BY doc_id"):
+                yield Document(*row)
+        except sqlite3.Error as e:
+            raise self._damaged(e) from None
 
     def close(self) -> None:
         self._con.close()

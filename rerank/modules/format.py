@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rerank import __version__
 from rerank.errors import RerankError
-from rerank.files import atomic_dir, check_readable
+from rerank.files import atomic_dir, check_readable, validate_record
 from rerank.modules import kinds
 from rerank.modules.kinds.base import LOW_BITS, hash_tensors
 
@@ -60,7 +60,10 @@ def _number(value) -> float | None:
 @dataclass
 class ModuleConfig:
     """What ``module_config.json`` records. ``recipe`` and ``data`` are the training's free-form record;
-    what search relies on is read from them once, typed: :attr:`fusion`, :attr:`dev`, :attr:`trained_on`."""
+    what search relies on is read from them once, typed: :attr:`fusion`, :attr:`dev`, :attr:`trained_on`.
+    Validated on load (strict types, no unknown fields): a damaged file is one line, never a traceback."""
+
+    __pydantic_config__ = {"strict": True, "allow_inf_nan": False, "extra": "forbid"}
 
     kind: str  # a name in rerank.modules.kinds.KINDS: sft (LT-SFT mask) | shira | lora | adapter
     role: str  # language | task
@@ -152,10 +155,7 @@ def _check_config(raw: object, where: Path) -> ModuleConfig:
             f"{where}: module format version {version!r} is not one this rerank reads ({FORMAT_VERSION})",
             hint="use the rerank version that wrote it, or re-export the module",
         )
-    try:
-        cfg = ModuleConfig(**raw)
-    except TypeError as e:
-        raise RerankError(f"{where}: {e}", hint="the module description has unknown or missing fields") from e
+    cfg = validate_record(raw, ModuleConfig, where, "the module description is damaged; rebuild the module")
     if cfg.kind not in kinds.KINDS:
         raise RerankError(f"{where}: unknown module kind {cfg.kind!r}", hint=f"one of: {', '.join(kinds.KINDS)}")
     if cfg.role not in ROLES:
