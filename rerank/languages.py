@@ -70,7 +70,8 @@ def resolve(code: str) -> Language:
             return by_code[alias[cand]]
     near = dict.fromkeys(alias[n] for n in difflib.get_close_matches(key, list(alias), n=6, cutoff=0.6))
     suggestion = ", ".join(f"{c} ({by_code[c].name})" for c in list(near)[:3]) or "en, de, ru, tr, ky, ug"
-    raise RerankError(f"unknown language code {code!r}", hint=f"did you mean: {suggestion}?")
+    shown = code if len(code) <= 40 else code[:37] + "..."
+    raise RerankError(f"unknown language code {shown!r}", hint=f"did you mean: {suggestion}?")
 
 
 def code(code: str) -> str:

@@ -19,6 +19,7 @@ below the reranked ones.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -106,14 +107,21 @@ class SearchSettings:
                 hint="e.g. --fusion-weights 0.25,1",
             )
         if self.fusion_weights is not None:
-            object.__setattr__(self, "fusion_weights", tuple(float(w) for w in self.fusion_weights))
+            weights = tuple(float(w) for w in self.fusion_weights)
+            if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+                raise RerankError(
+                    f"fusion weights {','.join(f'{w:g}' for w in weights)}: each must be a finite number ≥ 0, "
+                    "not both 0",
+                    hint="e.g. --fusion-weights 0.25,1",
+                )
+            object.__setattr__(self, "fusion_weights", weights)
         weight = self.first_stage_weight
         if weight is not None and weight != "auto":
             try:
                 weight = float(weight)
             except (TypeError, ValueError):
                 weight = -1.0
-            if not weight >= 0:
+            if not (weight >= 0 and math.isfinite(weight)):
                 raise RerankError(
                     "the first-stage weight is a number ≥ 0 or auto",
                     hint="e.g. --first-stage-weight 0.5 (0: the cross-encoder's order alone)",

@@ -114,7 +114,7 @@ def search(
             "give either a query or --topics FILE", hint='e.g. rerank search --index DIR --lang tr "sorgu"'
         )
     weights = _weights(fusion_weights)
-    code = languages.code(lang) if lang else ""
+    code = languages.code(lang) if lang is not None else ""  # --lang "" is refused, not ignored
     if output is not None:  # refused now, not after the search; its folder is made only when it is written
         check_writable_target(output, overwrite, inputs=(topics,), create=False)
     if tag is not None:

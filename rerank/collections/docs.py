@@ -29,7 +29,7 @@ def _doc_from_json(obj: object, path: Path, lineno: int) -> Document:
     doc_id = obj["id"] if "id" in obj else next((obj[k] for k in _ID_KEYS if k in obj), None)
     if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
         raise at_line(path, lineno, "document without an id", _JSONL_EXPECTED)
-    if not isinstance(doc_id, str | int):
+    if not isinstance(doc_id, str | int) or isinstance(doc_id, bool):
         raise at_line(path, lineno, f"document id is a {type(doc_id).__name__}", "a string or integer id")
     if "contents" in obj:
         text, title = obj["contents"], obj.get("title", "")
@@ -42,6 +42,8 @@ def _doc_from_json(obj: object, path: Path, lineno: int) -> Document:
     doc_id = str(doc_id)
     if _SPACE.search(doc_id):
         raise at_line(path, lineno, f"document id {doc_id!r} contains whitespace", "ids without spaces (TREC runs)")
+    if not doc_id.isprintable():
+        raise at_line(path, lineno, f"document id {doc_id[:40]!r} has a control character", "printable ids")
     return Document(doc_id, text, title or "")
 
 
@@ -91,10 +93,15 @@ def _sgml_record(lines: list[str], start: int, path: Path) -> Document:
     doc_id = m.group(1)
     if _SPACE.search(doc_id):
         raise at_line(path, start, f"DOCNO {doc_id!r} contains whitespace", "one id without spaces")
+    if not doc_id.isprintable():
+        raise at_line(path, start, f"DOCNO {doc_id[:40]!r} has a control character", "printable ids")
 
     def fields(tags: tuple[str, ...]) -> list[str]:
         out = []
         for tag in tags:
+            opened = len(re.findall(rf"<{tag}\b[^>]*>", body, flags=re.I))
+            if opened != len(re.findall(rf"</{tag}>", body, flags=re.I)):
+                raise at_line(path, start, f"<{tag}> of document {doc_id} is not closed", f"<{tag}>…</{tag}>")
             for fm in re.finditer(rf"<{tag}\b[^>]*>(.*?)</{tag}>", body, flags=re.S | re.I):
                 text = html.unescape(_TAG.sub(" ", fm.group(1)))
                 text = " ".join(text.split())

@@ -40,7 +40,9 @@ def read_qrels(path: str | os.PathLike) -> list[Qrel]:
         try:
             relevance = int(rel)
         except ValueError:
-            raise at_line(p, lineno, f"relevance {rel!r} is not an integer", _QRELS_EXPECTED) from None
+            raise at_line(p, lineno, f"relevance {rel[:40]!r} is not an integer", _QRELS_EXPECTED) from None
+        if not -(2**31) <= relevance < 2**31:  # evaluators store grades as 32-bit integers
+            raise at_line(p, lineno, f"relevance {rel[:40]} is out of range", "a grade such as 0, 1, 2 or 3")
         if (qid, docid) in seen:
             raise at_line(p, lineno, f"document {docid} judged twice for query {qid}", "one judgement per pair")
         seen.add((qid, docid))
