@@ -48,8 +48,13 @@ def test_a_module_whose_weights_are_a_fifo_is_refused_at_once(tmp_path, tiny_ber
     mod = save_module(random_module(composed, 1), tmp_path / "mod")
     (mod / WEIGHTS_FILE).unlink()
     os.mkfifo(mod / WEIGHTS_FILE)
-    p = subprocess.run([sys.executable, "-m", "rerank.cli.main", "modules", "info", str(mod)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "rerank.cli.main", "modules", "info", str(mod)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     _one_line(p.returncode, p.stderr, "not a regular file", WEIGHTS_FILE)
 
 
@@ -82,16 +87,31 @@ def test_a_damaged_module_is_named_not_headless(cli, tmp_path, tiny_dense_index,
     else:
         body = b"[1, 2]"
         w.write_bytes(len(body).to_bytes(8, "little") + body)
-    code, _, err = cli("search", "--index", tiny_dense_index, "--lang", "en", "--reranker", "cross",
-                       "--model", tiny_bert, "--dense-model", tiny_bert, "--modules", mod, "education")  # fmt: skip
+    code, _, err = cli(
+        "search",
+        "--index",
+        tiny_dense_index,
+        "--lang",
+        "en",
+        "--reranker",
+        "cross",
+        "--model",
+        tiny_bert,
+        "--dense-model",
+        tiny_bert,
+        "--modules",
+        mod,
+        "education",
+    )
     line = _one_line(code, err, str(mod), needle)
     assert "no ranking head" not in line, line
 
 
 def test_an_index_whose_dense_part_is_gone_says_so(cli, tmp_path, udhr_dir, tiny_bert):
     out = tmp_path / "idx"
-    code, _, err = cli("index", "--docs", udhr_dir / "docs.en.jsonl", "--lang", "en", "--out", out,
-                       "--model", tiny_bert, "-q")  # fmt: skip
+    code, _, err = cli(
+        "index", "--docs", udhr_dir / "docs.en.jsonl", "--lang", "en", "--out", out, "--model", tiny_bert, "-q"
+    )
     assert code == 0, err
     assert json.loads((out / "rerank-index.json").read_text())["dense"] is True
     shutil.rmtree(out / "dense")
@@ -99,8 +119,9 @@ def test_an_index_whose_dense_part_is_gone_says_so(cli, tmp_path, udhr_dir, tiny
     _one_line(code, err, "incomplete", "dense", "--dense-only")
     code, _, err = cli("index", "--dense-only", "--out", out, "--model", tiny_bert, "-q")
     assert code == 0, err
-    code, out_, err = cli("search", "--index", out, "--lang", "en", "--reranker", "none", "--dense-model", tiny_bert,
-                          "education")  # fmt: skip
+    code, out_, err = cli(
+        "search", "--index", out, "--lang", "en", "--reranker", "none", "--dense-model", tiny_bert, "education"
+    )
     assert code == 0, err
 
 
@@ -112,8 +133,17 @@ def test_an_index_built_without_dense_says_how_to_add_it(cli, en_index):
 
 def test_output_and_tag_are_refused_before_the_search(cli, tmp_path, en_index, udhr_dir):
     topics = udhr_dir / "topics.en.tsv"
-    code, _, err = cli("search", "--index", tmp_path / "missing", "--topics", topics, "--lang", "en",
-                       "-o", tmp_path / "newdir" / "x.trec")  # fmt: skip
+    code, _, err = cli(
+        "search",
+        "--index",
+        tmp_path / "missing",
+        "--topics",
+        topics,
+        "--lang",
+        "en",
+        "-o",
+        tmp_path / "newdir" / "x.trec",
+    )
     _one_line(code, err, "missing")
     assert not (tmp_path / "newdir").exists()
     locked = tmp_path / "locked"
@@ -122,8 +152,19 @@ def test_output_and_tag_are_refused_before_the_search(cli, tmp_path, en_index, u
     try:
         if os.access(locked, os.W_OK):
             pytest.skip("running as a user who can write anywhere (root): the permission cannot be tested")
-        code, _, err = cli("search", "--index", en_index, "--topics", topics, "--lang", "en", "--reranker", "none",
-                           "-o", locked / "x.trec")  # fmt: skip
+        code, _, err = cli(
+            "search",
+            "--index",
+            en_index,
+            "--topics",
+            topics,
+            "--lang",
+            "en",
+            "--reranker",
+            "none",
+            "-o",
+            locked / "x.trec",
+        )
         _one_line(code, err, "not writable")
     finally:
         locked.chmod(0o700)
@@ -131,13 +172,35 @@ def test_output_and_tag_are_refused_before_the_search(cli, tmp_path, en_index, u
 
 def test_a_bad_tag_is_refused_before_the_search(cli, tmp_path, udhr_dir):
     topics = udhr_dir / "topics.en.tsv"
-    code, _, err = cli("search", "--index", tmp_path / "missing", "--topics", topics, "--lang", "en",
-                       "-o", tmp_path / "x.trec", "--tag", "two words")  # fmt: skip
+    code, _, err = cli(
+        "search",
+        "--index",
+        tmp_path / "missing",
+        "--topics",
+        topics,
+        "--lang",
+        "en",
+        "-o",
+        tmp_path / "x.trec",
+        "--tag",
+        "two words",
+    )
     _one_line(code, err, "tag")
 
 
 def test_writing_a_run_into_a_new_folder_still_works(cli, tmp_path, en_index, udhr_dir):
     out = tmp_path / "new" / "deeper" / "run.trec"
-    code, _, err = cli("search", "--index", en_index, "--topics", write(tmp_path / "t.tsv", "1\teducation\n"),
-                       "--lang", "en", "--reranker", "none", "-o", out)  # fmt: skip
+    code, _, err = cli(
+        "search",
+        "--index",
+        en_index,
+        "--topics",
+        write(tmp_path / "t.tsv", "1\teducation\n"),
+        "--lang",
+        "en",
+        "--reranker",
+        "none",
+        "-o",
+        out,
+    )
     assert code == 0 and out.is_file(), err

@@ -34,8 +34,22 @@ def many_docs(udhr_dir, tmp_path_factory) -> Path:
 
 
 def _index_cmd(docs: Path, out: Path, model: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "rerank.cli.main", "index", "--docs", str(docs), "--lang", "en", "--out", str(out),
-            "--model", str(model), "-q", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "rerank.cli.main",
+        "index",
+        "--docs",
+        str(docs),
+        "--lang",
+        "en",
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "-q",
+        *extra,
+    ]
 
 
 def _temporaries(out: Path) -> list[Path]:
@@ -53,14 +67,15 @@ def _seen(out: Path, point: str) -> bool:
     raise ValueError(point)
 
 
-def _kill_at(cmd: list[str], out: Path, point: str, timeout: float = 240) -> bool:
-    """Start ``cmd``, SIGKILL it when ``point`` is seen under ``out``'s folder; False if it ended first."""
+def _kill_at(cmd: list[str], out: Path, point: str, timeout: float = 240, when=None) -> bool:
+    """Start ``cmd``, SIGKILL it when ``point`` is seen under ``out``'s folder (or when ``when()`` holds);
+    False if it ended first."""
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
         while p.poll() is None and time.monotonic() < deadline:
             try:
-                hit = _seen(out, point)
+                hit = when() if when is not None else _seen(out, point)
             except OSError:  # a folder renamed away while it was listed
                 hit = False
             if hit:
@@ -128,7 +143,7 @@ def test_two_builds_to_one_out_exactly_one_wins(many_docs, tmp_path, tiny_bert):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for _ in range(2)
     ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]

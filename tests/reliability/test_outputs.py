@@ -36,8 +36,18 @@ def _precious(folder: Path) -> Path:
 
 def test_overwrite_refuses_a_folder_that_is_not_an_index(cli, tmp_path, udhr_dir):
     notes = _precious(tmp_path / "keep")
-    code, _, err = cli("index", "--docs", udhr_dir / "docs.en.jsonl", "--lang", "en", "--out", tmp_path / "keep",
-                       "--no-dense", "--overwrite", "-q")  # fmt: skip
+    code, _, err = cli(
+        "index",
+        "--docs",
+        udhr_dir / "docs.en.jsonl",
+        "--lang",
+        "en",
+        "--out",
+        tmp_path / "keep",
+        "--no-dense",
+        "--overwrite",
+        "-q",
+    )
     _one_line(code, err, "keep", "not", "rerank-index.json")
     assert notes.read_text() == "precious\n" and (tmp_path / "keep" / "sub").is_dir()
 
@@ -90,8 +100,9 @@ def test_eval_and_grid_outputs_refuse_other_folders(cli, tmp_path):
     assert notes.is_file() and qrels.read_text() == "1 0 d1 1\n"
     code, _, err = cli("eval", "run", "--qrels", qrels, "--run", run, "--out", tmp_path / "rep", "--metrics", "P@1")
     assert code == 0, err
-    code, _, err = cli("eval", "run", "--qrels", qrels, "--run", run, "--out", tmp_path / "rep", "--overwrite",
-                       "--metrics", "P@1")  # fmt: skip
+    code, _, err = cli(
+        "eval", "run", "--qrels", qrels, "--run", run, "--out", tmp_path / "rep", "--overwrite", "--metrics", "P@1"
+    )
     assert code == 0, err
     from rerank.eval.grid import check_grid_folder
 
