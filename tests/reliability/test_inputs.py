@@ -146,6 +146,16 @@ def test_output_and_tag_are_refused_before_the_search(cli, tmp_path, en_index, u
     )
     _one_line(code, err, "missing")
     assert not (tmp_path / "newdir").exists()
+    # an -o that cannot be written is reported first, before the (here missing) index is even opened
+    blocker = write(tmp_path / "a-file", "")
+    code, _, err = cli(
+        "search", "--index", tmp_path / "missing", "--topics", topics, "--lang", "en", "-o", blocker / "x.trec"
+    )
+    _one_line(code, err, "is not a folder", "a-file")
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_search(cli, tmp_path, en_index, udhr_dir):
+    topics = udhr_dir / "topics.en.tsv"
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
