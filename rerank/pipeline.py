@@ -52,6 +52,15 @@ class FirstStage:
         )
 
 
+def parse_modules(text: str | None):
+    """``--modules`` as the CLI takes it: ``auto``, ``none`` (or nothing), or folders, comma-separated."""
+    if text is None or text.strip().lower() == "none":
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    return [m for m in text.split(",") if m.strip()] or None
+
+
 def choose_first_stage(query_lang: str | None, doc_lang: str, has_dense: bool) -> FirstStage:
     """The ``auto`` first stage: dense alone whenever the index has a dense part, BM25 otherwise — chosen on the
     dev sets cut from the training sources (modules/README.md, "Which first stage"; nDCG@10, dense against

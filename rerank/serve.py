@@ -158,8 +158,8 @@ class Worker:
             self.metrics.switches.inc()
 
     def _search(self, index: str, group: list[_Job]) -> list[dict]:
-        from rerank.cli.search import snippet
         from rerank.collections.trec import strict_order
+        from rerank.indexes.tokenize import snippet
         from rerank.types import Query
 
         pipe = self.pipelines[index]

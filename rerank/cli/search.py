@@ -106,7 +106,7 @@ def search(
     from rerank.errors import RerankError
     from rerank.files import check_writable_target
     from rerank.modules.format import parse_density
-    from rerank.pipeline import Pipeline, SearchSettings
+    from rerank.pipeline import Pipeline, SearchSettings, parse_modules
     from rerank.types import Query
 
     if (query is None) == (topics is None):
@@ -138,7 +138,7 @@ def search(
         device=device,
         max_length=max_length,
         analyzer=analyzer,
-        modules=_modules(modules),
+        modules=parse_modules(modules),
         module_density=parse_density(module_density) if module_density else None,
         module_rank=module_rank,
         first_stage_weight=first_stage_weight.strip().lower() or "auto",
@@ -183,14 +183,6 @@ def search(
         pipe.close()
 
 
-def _modules(text: str | None):
-    if text is None or text.strip().lower() == "none":
-        return None
-    if text.strip().lower() == "auto":
-        return "auto"
-    return [m for m in text.split(",") if m.strip()] or None
-
-
 def _say_modules(pipe, queries) -> None:
     """One line per query language on stderr: which modules the reranker stacks."""
     from rerank.pipeline import display_path
@@ -227,24 +219,12 @@ def _system_name(stage, pipe) -> str:
     return f"{first}+{pipe.reranker.kind}"
 
 
-def snippet(text: str, query: str, width: int = 90) -> str:
-    """One line of the document, starting a little before the earliest query word it contains."""
-    from rerank.indexes.tokenize import tokenize
-
-    flat = " ".join(text.split())
-    low = flat.casefold()
-    hits = [pos for tok in set(tokenize(query)) if len(tok) > 2 and (pos := low.find(tok)) >= 0]
-    start = min(hits) if hits else 0
-    start = 0 if start < width // 3 else flat.rfind(" ", 0, max(0, start - 15)) + 1
-    piece = flat[start : start + width]
-    return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
-
-
 def _table(pipe, query: str, hits, first, system: str) -> None:
     from rich import box
     from rich.table import Table
 
     from rerank.collections.trec import strict_order
+    from rerank.indexes.tokenize import snippet
 
     if not hits:
         out.print(f"no document matches {query!r} in {pipe.path}")

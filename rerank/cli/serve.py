@@ -39,9 +39,8 @@ def serve(
 ) -> None:
     """Serve search and reranking over HTTP (POST /search, POST /rerank, GET /health, GET /metrics; OpenAPI at
     /docs). Indexes, backbone and modules are loaded once, before the first request."""
-    from rerank.cli.search import _modules
     from rerank.errors import RerankError
-    from rerank.pipeline import SearchSettings
+    from rerank.pipeline import SearchSettings, parse_modules
     from rerank.serve import ServeLimits, create_app
 
     named: dict[str, Path] = {}
@@ -52,7 +51,7 @@ def serve(
             raise RerankError(f"two indexes are named {name!r}", hint="name them: --index NAME=DIR")
         named[name] = Path(path)
     settings = SearchSettings(
-        first_stage=first_stage, reranker=reranker, model=model, modules=_modules(modules), depth=depth
+        first_stage=first_stage, reranker=reranker, model=model, modules=parse_modules(modules), depth=depth
     )
     limits = ServeLimits(
         max_batch=max_batch,

@@ -27,3 +27,14 @@ def tokenize(text: str) -> list[str]:
 def pretokenize(text: str) -> str:
     """Tokens joined by single spaces: what Lucene's whitespace analyzer then splits again."""
     return " ".join(tokenize(text))
+
+
+def snippet(text: str, query: str, width: int = 90) -> str:
+    """One line of the document, starting a little before the earliest query word it contains."""
+    flat = " ".join(text.split())
+    low = flat.casefold()
+    hits = [pos for tok in set(tokenize(query)) if len(tok) > 2 and (pos := low.find(tok)) >= 0]
+    start = min(hits) if hits else 0
+    start = 0 if start < width // 3 else flat.rfind(" ", 0, max(0, start - 15)) + 1
+    piece = flat[start : start + width]
+    return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
