@@ -10,17 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write
+from tests.reliability.conftest import one_line
 
 pytestmark = pytest.mark.java
-
-
-def _one_line(code: int, err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("rerank: error: "), (code, err)
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _copy(index: Path, tmp_path: Path) -> Path:
@@ -46,7 +38,7 @@ def test_a_damaged_document_store_is_one_line(cli, tmp_path, en_index, damage):
         store.unlink()
         store.symlink_to(write(tmp_path / "notes.txt", "not a database\n" * 100))
     code, _, err = _search(cli, idx, "--first-stage", "bm25")
-    _one_line(code, err, "docs.sqlite")
+    one_line(code, err, "docs.sqlite")
 
 
 @pytest.mark.parametrize(
@@ -68,7 +60,7 @@ def test_index_metadata_is_validated(cli, tmp_path, en_index, field, value, need
     meta[field] = value
     (idx / "rerank-index.json").write_text(json.dumps(meta))
     code, _, err = _search(cli, idx, "--first-stage", "bm25")
-    _one_line(code, err, "rerank-index.json", needle)
+    one_line(code, err, "rerank-index.json", needle)
 
 
 def test_a_kyrgyz_index_claiming_an_english_analyzer_is_refused(cli, tmp_path, ky_index):
@@ -77,7 +69,7 @@ def test_a_kyrgyz_index_claiming_an_english_analyzer_is_refused(cli, tmp_path, k
     meta["analyzer"] = "lucene-en"  # would analyse Kyrgyz queries as English
     (idx / "rerank-index.json").write_text(json.dumps(meta))
     code, _, err = cli("search", "--index", idx, "--lang", "ky", "--reranker", "none", "укук")
-    _one_line(code, err, "not the one for its language 'ky'")
+    one_line(code, err, "not the one for its language 'ky'")
 
 
 @pytest.mark.parametrize("damage", ["dense.json a list", "dense.json dim text", "docids not UTF-8"])
@@ -96,48 +88,28 @@ def test_dense_metadata_is_validated(cli, tmp_path, tiny_dense_index, tiny_bert,
         (idx / "dense" / "docids.txt").write_bytes(ids + b"\xff\xfe\n")
         needle = "docids.txt"
     code, _, err = _search(cli, idx, "--first-stage", "dense", "--dense-model", tiny_bert)
-    _one_line(code, err, needle)
+    one_line(code, err, needle)
 
 
 @pytest.mark.parametrize("field, value", [("shapes", "notadict"), ("recipe", "x"), ("bits", "8"), ("density", 1e999)])
-def test_module_metadata_is_validated(cli, tmp_path, tiny_dense_index, tiny_bert, field, value):
-    from transformers import BertModel
+def test_module_metadata_is_validated(cli, tmp_path, saved_module, search_with_module, field, value):
+    from rerank.modules.format import CONFIG_FILE
 
-    from rerank.modules.compose import ComposedModel
-    from rerank.modules.format import CONFIG_FILE, save_module
-    from tests.modules.test_compose import random_module
-
-    composed = ComposedModel(BertModel.from_pretrained(str(tiny_bert), add_pooling_layer=False).eval())
-    mod = save_module(random_module(composed, 1, role="task", lang="en"), tmp_path / "task")
+    mod = saved_module(tmp_path / "task", role="task", lang="en")
     cfg = json.loads((mod / CONFIG_FILE).read_text())
     cfg[field] = value
     (mod / CONFIG_FILE).write_text(json.dumps(cfg))
     code, _, err = cli("modules", "info", mod)
-    _one_line(code, err, CONFIG_FILE, field)
-    code, _, err = cli(
-        "search",
-        "--index",
-        tiny_dense_index,
-        "--lang",
-        "en",
-        "--reranker",
-        "cross",
-        "--model",
-        tiny_bert,
-        "--dense-model",
-        tiny_bert,
-        "--modules",
-        mod,
-        "education",
-    )
-    _one_line(code, err, CONFIG_FILE, field)
+    one_line(code, err, CONFIG_FILE, field)
+    code, _, err = search_with_module(mod)
+    one_line(code, err, CONFIG_FILE, field)
 
 
 def test_a_grade_no_evaluator_can_hold_is_one_line(cli, tmp_path):
     qrels = write(tmp_path / "qrels.txt", "1 0 d1 99999999999999999999999\n")
     run = write(tmp_path / "a.trec", "1 Q0 d1 1 2.0 a\n")
     code, _, err = cli("eval", "run", "--qrels", qrels, "--run", run)
-    _one_line(code, err, "qrels.txt:1", "out of range")
+    one_line(code, err, "qrels.txt:1", "out of range")
 
 
 @pytest.mark.parametrize(
@@ -151,14 +123,14 @@ def test_a_grade_no_evaluator_can_hold_is_one_line(cli, tmp_path):
 def test_documents_that_used_to_index_wrongly_are_refused(cli, tmp_path, name, content, needle):
     docs = write(tmp_path / name, content)
     code, _, err = cli("index", "--docs", docs, "--lang", "en", "--out", tmp_path / "idx", "--no-dense", "-q")
-    _one_line(code, err, f"{name}:1", needle)
+    one_line(code, err, f"{name}:1", needle)
     assert not (tmp_path / "idx").exists()
 
 
 @pytest.mark.parametrize("weights", ["nan,1", "inf,1", "1,-1", "0,0"])
 def test_fusion_weights_must_be_finite(cli, en_index, weights):
     code, _, err = _search(cli, en_index, "--first-stage", "hybrid", "--fusion-weights", weights)
-    _one_line(code, err, "finite")
+    one_line(code, err, "finite")
 
 
 def test_a_query_past_lucenes_clause_limit_names_the_limit(cli, en_index):
@@ -166,12 +138,12 @@ def test_a_query_past_lucenes_clause_limit_names_the_limit(cli, en_index):
     code, _, err = cli(
         "search", "--index", en_index, "--lang", "en", "--first-stage", "bm25", "--reranker", "none", query
     )
-    _one_line(code, err, "1,024", "maxClauseCount")
+    one_line(code, err, "1,024", "maxClauseCount")
 
 
 def test_language_arguments(cli, en_index):
     code, _, err = cli("search", "--index", en_index, "--lang", "", "--reranker", "none", "education")
-    _one_line(code, err, "no language given")
+    one_line(code, err, "no language given")
     code, _, err = cli("search", "--index", en_index, "--lang", "x" * 100_000, "--reranker", "none", "education")
-    line = _one_line(code, err, "unknown language code")
+    line = one_line(code, err, "unknown language code")
     assert len(line) < 300, len(line)

@@ -13,39 +13,27 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, write
+from tests.reliability.conftest import one_line
 
 pytestmark = pytest.mark.java
-
-
-def _one_line(code: int, err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("rerank: error: "), (code, err)
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_pipes_and_devices_are_refused_not_read(cli, tmp_path, en_index):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     code, _, err = cli("index", "--docs", fifo, "--lang", "en", "--out", tmp_path / "x", "--no-dense")
-    _one_line(code, err, "not a regular file")
+    one_line(code, err, "not a regular file")
     code, _, err = cli("index", "--docs", "/dev/zero", "--lang", "en", "--out", tmp_path / "x", "--no-dense")
-    _one_line(code, err, "not a regular file", "/dev/zero")
+    one_line(code, err, "not a regular file", "/dev/zero")
     code, _, err = cli("search", "--index", en_index, "--topics", "/dev/zero", "--lang", "en", "--reranker", "none")
-    _one_line(code, err, "not a regular file")
+    one_line(code, err, "not a regular file")
 
 
-def test_a_module_whose_weights_are_a_fifo_is_refused_at_once(tmp_path, tiny_bert):
+def test_a_module_whose_weights_are_a_fifo_is_refused_at_once(tmp_path, saved_module):
     """In a real process with a timeout: before the fix this blocked forever."""
-    from transformers import BertModel
+    from rerank.modules.format import WEIGHTS_FILE
 
-    from rerank.modules.compose import ComposedModel
-    from rerank.modules.format import WEIGHTS_FILE, save_module
-    from tests.modules.test_compose import random_module
-
-    composed = ComposedModel(BertModel.from_pretrained(str(tiny_bert), add_pooling_layer=False).eval())
-    mod = save_module(random_module(composed, 1), tmp_path / "mod")
+    mod = saved_module(tmp_path / "mod")
     (mod / WEIGHTS_FILE).unlink()
     os.mkfifo(mod / WEIGHTS_FILE)
     p = subprocess.run(
@@ -55,7 +43,7 @@ def test_a_module_whose_weights_are_a_fifo_is_refused_at_once(tmp_path, tiny_ber
         text=True,
         timeout=120,
     )
-    _one_line(p.returncode, p.stderr, "not a regular file", WEIGHTS_FILE)
+    one_line(p.returncode, p.stderr, "not a regular file", WEIGHTS_FILE)
 
 
 @pytest.mark.parametrize(
@@ -67,15 +55,10 @@ def test_a_module_whose_weights_are_a_fifo_is_refused_at_once(tmp_path, tiny_ber
         ("header not an object", "header is not a JSON object"),
     ],
 )
-def test_a_damaged_module_is_named_not_headless(cli, tmp_path, tiny_dense_index, tiny_bert, damage, needle):
-    from transformers import BertModel
+def test_a_damaged_module_is_named_not_headless(tmp_path, saved_module, search_with_module, damage, needle):
+    from rerank.modules.format import WEIGHTS_FILE
 
-    from rerank.modules.compose import ComposedModel
-    from rerank.modules.format import WEIGHTS_FILE, save_module
-    from tests.modules.test_compose import random_module
-
-    composed = ComposedModel(BertModel.from_pretrained(str(tiny_bert), add_pooling_layer=False).eval())
-    mod = save_module(random_module(composed, 1, role="task", lang="en"), tmp_path / "task")
+    mod = saved_module(tmp_path / "task", role="task", lang="en")
     w = mod / WEIGHTS_FILE
     if damage == "missing":
         shutil.rmtree(mod)
@@ -87,23 +70,8 @@ def test_a_damaged_module_is_named_not_headless(cli, tmp_path, tiny_dense_index,
     else:
         body = b"[1, 2]"
         w.write_bytes(len(body).to_bytes(8, "little") + body)
-    code, _, err = cli(
-        "search",
-        "--index",
-        tiny_dense_index,
-        "--lang",
-        "en",
-        "--reranker",
-        "cross",
-        "--model",
-        tiny_bert,
-        "--dense-model",
-        tiny_bert,
-        "--modules",
-        mod,
-        "education",
-    )
-    line = _one_line(code, err, str(mod), needle)
+    code, _, err = search_with_module(mod)
+    line = one_line(code, err, str(mod), needle)
     assert "no ranking head" not in line, line
 
 
@@ -116,7 +84,7 @@ def test_an_index_whose_dense_part_is_gone_says_so(cli, tmp_path, udhr_dir, tiny
     assert json.loads((out / "rerank-index.json").read_text())["dense"] is True
     shutil.rmtree(out / "dense")
     code, _, err = cli("search", "--index", out, "--lang", "ky", "--reranker", "none", "билим")
-    _one_line(code, err, "incomplete", "dense", "--dense-only")
+    one_line(code, err, "incomplete", "dense", "--dense-only")
     code, _, err = cli("index", "--dense-only", "--out", out, "--model", tiny_bert, "-q")
     assert code == 0, err
     code, out_, err = cli(
@@ -144,14 +112,14 @@ def test_output_and_tag_are_refused_before_the_search(cli, tmp_path, en_index, u
         "-o",
         tmp_path / "newdir" / "x.trec",
     )
-    _one_line(code, err, "missing")
+    one_line(code, err, "missing")
     assert not (tmp_path / "newdir").exists()
     # an -o that cannot be written is reported first, before the (here missing) index is even opened
     blocker = write(tmp_path / "a-file", "")
     code, _, err = cli(
         "search", "--index", tmp_path / "missing", "--topics", topics, "--lang", "en", "-o", blocker / "x.trec"
     )
-    _one_line(code, err, "is not a folder", "a-file")
+    one_line(code, err, "is not a folder", "a-file")
 
 
 def test_an_unwritable_output_folder_is_refused_before_the_search(cli, tmp_path, en_index, udhr_dir):
@@ -175,7 +143,7 @@ def test_an_unwritable_output_folder_is_refused_before_the_search(cli, tmp_path,
             "-o",
             locked / "x.trec",
         )
-        _one_line(code, err, "not writable")
+        one_line(code, err, "not writable")
     finally:
         locked.chmod(0o700)
 
@@ -195,7 +163,7 @@ def test_a_bad_tag_is_refused_before_the_search(cli, tmp_path, udhr_dir):
         "--tag",
         "two words",
     )
-    _one_line(code, err, "tag")
+    one_line(code, err, "tag")
 
 
 def test_writing_a_run_into_a_new_folder_still_works(cli, tmp_path, en_index, udhr_dir):

@@ -15,15 +15,7 @@ import pytest
 from rerank.errors import RerankError
 from rerank.files import atomic_dir, atomic_write, clear_stale, refuse_existing
 from tests.conftest import write
-
-
-def _one_line(code: int, err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("rerank: error: "), (code, err)
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+from tests.reliability.conftest import one_line
 
 
 def _precious(folder: Path) -> Path:
@@ -48,7 +40,7 @@ def test_overwrite_refuses_a_folder_that_is_not_an_index(cli, tmp_path, udhr_dir
         "--overwrite",
         "-q",
     )
-    _one_line(code, err, "keep", "not", "rerank-index.json")
+    one_line(code, err, "keep", "not", "rerank-index.json")
     assert notes.read_text() == "precious\n" and (tmp_path / "keep" / "sub").is_dir()
 
 
@@ -57,30 +49,25 @@ def test_overwrite_never_replaces_the_input(cli, tmp_path, udhr_dir):
     docs.write_bytes((udhr_dir / "docs.en.jsonl").read_bytes())
     before = docs.read_bytes()
     code, _, err = cli("index", "--docs", docs, "--lang", "en", "--out", docs, "--no-dense", "--overwrite", "-q")
-    _one_line(code, err, "input")
+    one_line(code, err, "input")
     assert docs.read_bytes() == before
     # a folder holding the input is refused too
     code, _, err = cli("index", "--docs", docs, "--lang", "en", "--out", tmp_path, "--no-dense", "--overwrite", "-q")
-    _one_line(code, err, "input")
+    one_line(code, err, "input")
     assert docs.read_bytes() == before
 
 
-def test_module_commands_refuse_other_folders_and_their_own_input(cli, tmp_path, tiny_bert):
-    from transformers import BertModel
+def test_module_commands_refuse_other_folders_and_their_own_input(cli, tmp_path, saved_module):
+    from rerank.modules.format import CONFIG_FILE
 
-    from rerank.modules.compose import ComposedModel
-    from rerank.modules.format import CONFIG_FILE, save_module
-    from tests.modules.test_compose import random_module
-
-    composed = ComposedModel(BertModel.from_pretrained(str(tiny_bert), add_pooling_layer=False).eval())
-    src = save_module(random_module(composed, 1), tmp_path / "mod")
+    src = saved_module(tmp_path / "mod")
     config_before = (src / CONFIG_FILE).read_bytes()
     code, _, err = cli("modules", "quantize", src, "--bits", "8", "--out", src, "--overwrite")
-    _one_line(code, err, "input")
+    one_line(code, err, "input")
     assert (src / CONFIG_FILE).read_bytes() == config_before
     notes = _precious(tmp_path / "keep")
     code, _, err = cli("modules", "quantize", src, "--bits", "8", "--out", tmp_path / "keep", "--overwrite")
-    _one_line(code, err, "module_config.json")
+    one_line(code, err, "module_config.json")
     assert notes.is_file()
     # an earlier module is replaced
     code, out, err = cli("modules", "quantize", src, "--bits", "8", "--out", tmp_path / "q8")
@@ -94,9 +81,9 @@ def test_eval_and_grid_outputs_refuse_other_folders(cli, tmp_path):
     run = write(tmp_path / "a.trec", "1 Q0 d1 1 2.0 a\n1 Q0 d2 2 1.0 a\n")
     notes = _precious(tmp_path / "keep")
     code, _, err = cli("eval", "run", "--qrels", qrels, "--run", run, "--out", tmp_path / "keep", "--overwrite")
-    _one_line(code, err, "keep")
+    one_line(code, err, "keep")
     code, _, err = cli("eval", "run", "--qrels", qrels, "--run", run, "--out", qrels, "--overwrite")
-    _one_line(code, err, "input")
+    one_line(code, err, "input")
     assert notes.is_file() and qrels.read_text() == "1 0 d1 1\n"
     code, _, err = cli("eval", "run", "--qrels", qrels, "--run", run, "--out", tmp_path / "rep", "--metrics", "P@1")
     assert code == 0, err
