@@ -61,6 +61,8 @@ demo: $(INDEXES)
 	$(BIN)/ir_measures data/udhr/qrels.en.txt runs/default.ky-en.trec MAP nDCG@10 'RR(rel=2)'
 	@echo; echo "== The same Kyrgyz query over the Kyrgyz documents (BM25 and dense within one language), reranked"
 	$(BIN)/rerank search --index indexes/udhr-ky --lang ky "$(call Q,ky,4)"
+	@echo; echo "== To keep everything loaded and search over HTTP (README, Serving):"
+	@echo "   $(BIN)/rerank serve --index indexes/udhr-en --index indexes/udhr-ky --port 8080"
 
 # Training text (never evaluated on): LibreOffice's help from Debian's packages — English for task modules
 # (pseudo-queries) and for the English language module; Turkish, German and Russian for theirs (paragraphs left
