@@ -409,9 +409,10 @@ class Pipeline:
                 if self.modules:
                     self.reranker.use_modules(list(mods), self.module_density, self.module_rank)
                 weight = self.fusion_weight(mods)
+                ranked = self._rerank_group(qs, first)
                 for q in qs:
-                    cands = first[q.query_id][: self.depth]
-                    final[q.query_id] = self._rerank(q, cands, first[q.query_id][self.depth :], weight)[:k]
+                    cands, tail = first[q.query_id][: self.depth], first[q.query_id][self.depth :]
+                    final[q.query_id] = self._finish(q, ranked[q.query_id], cands, tail, weight)[:k]
                     bar.update(1)
         return {q.query_id: final[q.query_id] for q in queries}, first
 
@@ -460,17 +461,25 @@ class Pipeline:
                 return cfg.fusion.first_stage_weight
         return 0.0
 
-    def _rerank(self, q: Query, cands: list[ScoredDoc], tail: list[ScoredDoc], weight: float = 0.0) -> list[ScoredDoc]:
+    def _rerank_group(self, qs: Sequence[Query], first: dict[str, list[ScoredDoc]]) -> dict[str, list[ScoredDoc]]:
+        """The reranker's order of each query's top ``depth``, for queries that share a module set: the
+        cross-encoder scores all their pairs in one call (:meth:`Reranker.rerank_many`)."""
+        rr = self.reranker
+        cands = {q.query_id: first[q.query_id][: self.depth] for q in qs}
+        if rr.kind == "bi" and self.has_dense and self.dense.encoder is rr.scorer.encoder:
+            # same backbone: the stored vectors are the embeddings
+            return {q.query_id: self._bi_from_index(q, cands[q.query_id]) if cands[q.query_id] else [] for q in qs}
+        docs = self.bm25.docstore.get_many(list(dict.fromkeys(c.doc_id for cs in cands.values() for c in cs)))
+        texts = {d: doc.contents for d, doc in docs.items()}
+        items = [(q.query_id, q.text, cands[q.query_id], texts, self._prior(q, cands[q.query_id])) for q in qs]
+        return rr.rerank_many([it for it in items if it[2]]) | {q.query_id: [] for q in qs if not cands[q.query_id]}
+
+    def _finish(
+        self, q: Query, ranked: list[ScoredDoc], cands: list[ScoredDoc], tail: list[ScoredDoc], weight: float
+    ) -> list[ScoredDoc]:
+        """The reranked top fused with the first stage at ``weight`` (RRF), then the first stage's tail below."""
         if not cands:
             return []
-        rr = self.reranker
-        if rr.kind == "bi" and self.has_dense and self.dense.encoder is rr.scorer.encoder:
-            ranked = self._bi_from_index(q, cands)  # same backbone: the stored vectors are the embeddings
-        else:
-            docs = self.bm25.docstore.get_many([c.doc_id for c in cands])
-            ranked = rr.rerank(
-                q.query_id, q.text, cands, {d: doc.contents for d, doc in docs.items()}, prior=self._prior(q, cands)
-            )
         if weight > 0:
             from rerank.indexes.fusion import rrf
 

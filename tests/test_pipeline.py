@@ -89,6 +89,21 @@ def test_cross_reranking(index, tiny_cross, tiny_bert):
     assert [d.score for d in got] == sorted((d.score for d in got), reverse=True)
 
 
+def test_a_batch_of_queries_is_reranked_as_each_alone(index, tiny_cross, udhr_dir):
+    """Pipeline.run scores a module group's pairs in one call (Reranker.rerank_many): each query's order and
+    scores are what searching it alone gives."""
+    from rerank.collections.topics import read_tsv_topics
+    from rerank.pipeline import Pipeline
+
+    queries = read_tsv_topics(udhr_dir / "topics.en.tsv", "en")[:6]
+    with Pipeline(index, first_stage="bm25", reranker="cross", model=tiny_cross, depth=10) as p:
+        together, _ = p.run(queries, k=10)
+        for q in queries:
+            alone = p.search(q.text, "en", k=10)
+            assert [d.doc_id for d in together[q.query_id]] == [d.doc_id for d in alone]
+            assert [d.score for d in together[q.query_id]] == pytest.approx([d.score for d in alone], abs=1e-4)
+
+
 def test_bad_pipeline_settings(index, en_index, tiny_bert):
     from rerank.pipeline import Pipeline
 
