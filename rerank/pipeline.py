@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 from rerank.errors import RerankError
@@ -494,12 +495,17 @@ class Pipeline:
         rr = self.reranker
         if rr.kind != "cross" or not rr.scorer.residual_active() or not self.has_dense:
             return None
-        from rerank.indexes.dense import read_dense_meta
-
-        if read_dense_meta(self.path).fingerprint != rr.info.fingerprint:
+        if self._dense_fingerprint != rr.info.fingerprint:
             return None
         qv = self.dense.encoder.encode([q.text], "query")[0]
         return [float(x) for x in self.dense.vectors([c.doc_id for c in cands]) @ qv]
+
+    @cached_property
+    def _dense_fingerprint(self) -> str:
+        """The backbone the dense part was built with (read once, not once per reranked query)."""
+        from rerank.indexes.dense import read_dense_meta
+
+        return read_dense_meta(self.path).fingerprint
 
     def _bi_from_index(self, q: Query, cands: list[ScoredDoc]) -> list[ScoredDoc]:
         enc = self.dense.encoder

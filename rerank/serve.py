@@ -207,7 +207,6 @@ def create_app(indexes: dict[str, str | Path], settings=None, limits: ServeLimit
     """The FastAPI app serving ``indexes`` ({name: folder}); every pipeline is built (models, modules, the
     JVM) before the app is returned, so the first request pays nothing."""
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel, Field
 
@@ -247,14 +246,6 @@ def create_app(indexes: dict[str, str | Path], settings=None, limits: ServeLimit
 
     def error(status: int, message: str, **headers) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers or None)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError):
-        first = exc.errors()[0]
-        if first.get("type") == "json_invalid":
-            return error(400, "the body is not valid JSON")
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "the body"
-        return error(422, f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(RerankError)
     async def _user_error(_request: Request, exc: RerankError):

@@ -148,10 +148,14 @@ class Reranker:
         documents = list(documents)
         if any(not isinstance(d, str) for d in documents):
             raise RerankError("documents must be strings", hint="pass a list of document texts")
-        order, scores = self._order(query, documents, list(range(len(documents))), None)
+        ids = [str(i) for i in range(len(documents))]  # the positions, as ids: ties keep the input order
+        scored = self.rerank_many(
+            [("q", query, [ScoredDoc("q", i, 0.0) for i in ids], dict(zip(ids, documents)), None)]
+        )
         ranked = [
-            {"corpus_id": i, "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
-            for i in order
+            {"corpus_id": int(sd.doc_id), "score": sd.score}
+            | ({"text": documents[int(sd.doc_id)]} if return_documents else {})
+            for sd in scored["q"]
         ]
         return ranked[:top_k] if top_k is not None else ranked
 
@@ -199,20 +203,3 @@ class Reranker:
             order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
             out[query_id] = [ScoredDoc(query_id, candidates[i].doc_id, float(scores[i])) for i in order]
         return out
-
-    def _order(
-        self, query: str, texts: list[str], earlier: list[int], prior: Sequence[float] | None
-    ) -> tuple[list[int], np.ndarray]:
-        """Indices sorted by score (descending; ties by ``earlier``, the earlier rank), and the scores.
-        Empty texts are not scored: they go last with score -inf."""
-        full = [i for i, t in enumerate(texts) if t.strip()]
-        empty = len(texts) - len(full)
-        if empty:
-            warn(f"{empty} of {len(texts)} documents have no text; they are ranked last")
-        scores = np.full(len(texts), -np.inf, dtype=np.float32)
-        if full:
-            scores[full] = self.predict(
-                [(query, texts[i]) for i in full], prior=None if prior is None else [prior[i] for i in full]
-            )
-        order = sorted(range(len(texts)), key=lambda i: (-scores[i], earlier[i]))
-        return order, scores
