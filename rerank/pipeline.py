@@ -96,6 +96,7 @@ class SearchSettings:
     module_density: float | None = None  # sparse modules' budget at load time
     module_rank: int | None = None  # LoRA modules' budget at load time
     first_stage_weight: float | str | None = "auto"  # RRF weight of the first stage against the cross-encoder
+    precision: str = "auto"  # the cross-encoder's arithmetic: auto | fp32 | bf16 (rerank.scoring.precision)
 
     def __post_init__(self) -> None:
         if self.first_stage not in FIRST_STAGES:
@@ -104,6 +105,9 @@ class SearchSettings:
             )
         if self.reranker not in RERANKERS:
             raise RerankError(f"unknown reranker {self.reranker!r}", hint=f"use one of: {', '.join(RERANKERS)}")
+        from rerank.scoring.precision import check_precision
+
+        check_precision(self.precision)
         if self.depth is not None and self.depth < 1:
             raise RerankError(
                 f"rerank depth must be ≥ 1, not {self.depth}",
@@ -295,6 +299,7 @@ class Pipeline:
                 device=self.device,
                 max_length=self.max_length,
                 head_from_module=self._heads_from_modules,
+                precision=self.settings.precision,
             )
         return self._reranker
 

@@ -78,6 +78,14 @@ def search(
         int | None, typer.Option("--max-length", min=8, help="Reranker input tokens [default: 256 cross, 512 bi].")
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda [default: cuda if present].")] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="The cross-encoder's arithmetic: auto (bf16 where the processor computes it natively, else fp32), "
+            "fp32 or bf16.",
+        ),
+    ] = "auto",
     k: Annotated[
         int | None, typer.Option("-k", "--k", min=1, help="Results per query [default: 100 for runs, 10 on screen].")
     ] = None,
@@ -142,6 +150,7 @@ def search(
         module_density=parse_density(module_density) if module_density else None,
         module_rank=module_rank,
         first_stage_weight=first_stage_weight.strip().lower() or "auto",
+        precision=precision,
     )
     pipe = Pipeline(index, settings)
     try:

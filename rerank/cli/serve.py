@@ -26,6 +26,14 @@ def serve(
         str, typer.Option("--modules", help="auto (the shipped modules), none, or module folders, comma-separated.")
     ] = "auto",
     depth: Annotated[int | None, typer.Option("--depth", min=1, help="First-stage results reranked.")] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="The cross-encoder's arithmetic: auto (bf16 where the processor computes it natively, else fp32), "
+            "fp32 or bf16.",
+        ),
+    ] = "auto",
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests the worker takes at once.")] = 16,
     batch_wait_ms: Annotated[
         float, typer.Option("--batch-wait-ms", min=0.0, help="How long the worker waits for a batch to fill.")
@@ -51,7 +59,12 @@ def serve(
             raise RerankError(f"two indexes are named {name!r}", hint="name them: --index NAME=DIR")
         named[name] = Path(path)
     settings = SearchSettings(
-        first_stage=first_stage, reranker=reranker, model=model, modules=parse_modules(modules), depth=depth
+        first_stage=first_stage,
+        reranker=reranker,
+        model=model,
+        modules=parse_modules(modules),
+        depth=depth,
+        precision=precision,
     )
     limits = ServeLimits(
         max_batch=max_batch,

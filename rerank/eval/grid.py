@@ -23,7 +23,8 @@ A grid is a TOML file::
     # them), module_density = "2%", module_rank = 8,
     # depth = 20 (default: the pipeline's: 20 by a cross-encoder, 100 by the bi-encoder),
     # fusion_weights = [1.0, 1.0], requires = ["modules/en-task"],
-    # first_stage_weight = 0 (cross-encoder's order alone; default "auto": the task module's dev choice)
+    # first_stage_weight = 0 (cross-encoder's order alone; default "auto": the task module's dev choice),
+    # precision = "fp32" (the cross-encoder's arithmetic; default "auto": bf16 where the processor has it)
 
 Runs are cached under ``<out>/runs/`` with a key over the system's settings, the topic file, the index
 files and the fingerprints of the backbone and modules: a grid run again reuses every run whose key
@@ -59,6 +60,7 @@ SYSTEM_KEYS = {
     "max_length",
     "requires",
     "first_stage_weight",
+    "precision",
 }
 
 
@@ -174,6 +176,11 @@ def cache_key(system: dict, doc: str, query: str, topics: Path, index: Path, k: 
         "model": fingerprint(resolve_model(system.get("model")).path),
         "modules": [_file_key(Path(m)) for m in _module_paths(system)],
     }
+    if system.get("reranker", "auto") != "none":  # what "auto" precision became on this machine decides the scores
+        from rerank.backbone.runtime import pick_device
+        from rerank.scoring.precision import resolve_precision
+
+        facts["precision"] = resolve_precision(system.get("precision", "auto"), pick_device(None))
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 

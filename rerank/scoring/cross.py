@@ -38,10 +38,12 @@ class CrossEncoder:
         max_length: int = DEFAULT_MAX_LENGTH,
         max_tokens: int = 2048,
         head_from_module: bool = False,
+        precision: str = "auto",
     ):
-        """``head_from_module``: a backbone without a ranking head is given one whose values a task module
-        brings (stacked through :class:`rerank.modules.ComposedModel`); :meth:`predict` refuses to score
-        until one is stacked."""
+        """``precision``: ``auto`` (bf16 where the processor computes it natively, else fp32), ``fp32`` or ``bf16``
+        (:mod:`rerank.scoring.precision`). ``head_from_module``: a backbone without a ranking head is given one
+        whose values a task module brings (stacked through :class:`rerank.modules.ComposedModel`); :meth:`predict`
+        refuses to score until one is stacked."""
         self.info = resolve(model)
         self.head_from_module = head_from_module and not self.info.has_head
         self.head_ready = lambda: True  # the Reranker replaces this when the head comes from a module
@@ -56,6 +58,9 @@ class CrossEncoder:
                 "num_labels=1, as sentence-transformers' CrossEncoder saves)",
             )
         self.device = pick_device(device)
+        from rerank.scoring.precision import resolve_precision
+
+        self.precision = resolve_precision(precision, self.device)
         self.tokenizer = load_tokenizer(self.info.path)
         self.model = load_weights(self.info.path, head=True, device=self.device, new_head=self.head_from_module)
         self.list_head = None  # the list-aware head: attached only for a task module that brings one
@@ -105,6 +110,7 @@ class CrossEncoder:
                 hint="stack a task module (rerank train task makes one) or use the bi-encoder",
             )
         from rerank.scoring import residual
+        from rerank.scoring.precision import autocast
 
         use_residual = self.residual_active()
         if use_residual:
@@ -128,6 +134,7 @@ class CrossEncoder:
         vectors = None
         with (
             torch.inference_mode(),
+            autocast(self.precision, self.device),
             tqdm(
                 total=len(ids), desc="cross-encoder", unit="pair", disable=not progress, leave=False, file=sys.stderr
             ) as bar,

@@ -25,7 +25,8 @@ class Reranker:
     for a plain backbone, with the bi-encoder (cosine of embeddings). ``kind="auto"`` picks the
     cross-encoder when the folder has a head — or when a task module brings one (``modules``, or
     ``head_from_module=True`` when modules are stacked later). ``model=None`` is the embedded
-    multilingual-e5-small."""
+    multilingual-e5-small. ``precision`` (cross-encoder only): ``auto``, ``fp32`` or ``bf16``
+    (:mod:`rerank.scoring.precision`)."""
 
     def __init__(
         self,
@@ -38,11 +39,15 @@ class Reranker:
         module_density: float | None = None,
         module_rank: int | None = None,
         head_from_module: bool | None = None,
+        precision: str = "auto",
     ):
         from rerank.modules.format import has_head
 
         if kind not in KINDS:
             raise RerankError(f"unknown reranker {kind!r}", hint="use bi, cross or auto")
+        from rerank.scoring.precision import check_precision
+
+        check_precision(precision)
         info = resolve(model)
         if head_from_module is None:
             head_from_module = any(has_head(m) for m in modules or ())
@@ -52,7 +57,11 @@ class Reranker:
             from rerank.scoring.cross import DEFAULT_MAX_LENGTH, CrossEncoder
 
             self.scorer = CrossEncoder(
-                info, device=device, max_length=max_length or DEFAULT_MAX_LENGTH, head_from_module=head_from_module
+                info,
+                device=device,
+                max_length=max_length or DEFAULT_MAX_LENGTH,
+                head_from_module=head_from_module,
+                precision=precision,
             )
             if self.scorer.head_from_module:
                 self.scorer.head_ready = lambda: (
