@@ -10,7 +10,13 @@ Figures (JSON on stdout): per setting and concurrency (1, 4, 16) requests/s and 
 the in-process loop's queries/s; ratios: the server at each concurrency over the in-process loop, and
 batching on over batching off.
 
-    .venv/bin/python bench/serve.py [--requests 32] [--concurrency 1 4 16]
+Faults (``faults``; a server of their own with --queue-size 16), each bounded, each followed by a normal search
+that must be answered: --disconnects clients that send a search and close the connection 0.2 s later, while 8
+other searches keep the worker busy (so their jobs are still queued: they should be dropped unrun); a flood
+of --flood requests at once (statuses counted: 429s, no crash); a 1 MB query; 10,000 documents to /rerank;
+kill -9 of the server and a restart (seconds until /health answers, and until a search does).
+
+    .venv/bin/python bench/serve.py [--requests 32] [--concurrency 1 4 16] [--only load faults]
 """
 
 from __future__ import annotations
@@ -110,19 +116,128 @@ def _in_process(queries: list[tuple[str, str]]) -> dict:
     return {"requests": len(queries), "queries_per_s": round(len(queries) / wall, 3)}
 
 
+def _after(base: str) -> dict:
+    """The normal search that must follow each fault: its status and seconds."""
+    import httpx
+
+    t = time.perf_counter()
+    r = httpx.post(f"{base}/search", json={"query": "Everyone has the right to education.", "lang": "en"}, timeout=600)
+    return {"status": r.status_code, "s": round(time.perf_counter() - t, 3)}
+
+
+def _metric(base: str, name: str) -> float:
+    import httpx
+
+    for line in httpx.get(f"{base}/metrics", timeout=60).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _faults(queries: list[tuple[str, str]], disconnects: int, flood: int) -> dict:
+    import httpx
+
+    extra = ["--queue-size", "16"]
+    proc, base = _start(extra)
+    out: dict = {"queue_size": 16}
+    try:
+        _after(base)  # warm
+        port = int(base.rsplit(":", 1)[1])
+        busy = ThreadPoolExecutor(8)  # keeps the worker busy, so that the leaving clients' jobs are still queued
+        held = [busy.submit(_after, base) for _ in range(8)]
+        time.sleep(0.3)
+        socks = []
+        for text, lang in queries[:disconnects]:
+            body = json.dumps({"query": text, "lang": lang}).encode()
+            head = f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(head.encode() + b"\r\n\r\n" + body)
+            socks.append(c)
+        time.sleep(0.2)
+        for c in socks:
+            c.close()
+        busy_codes = [f.result()["status"] for f in held]
+        busy.shutdown()
+        time.sleep(1.0)  # let the server notice
+        out["disconnects"] = {
+            "clients": disconnects,
+            "busy_requests_beside": {str(c): busy_codes.count(c) for c in sorted(set(busy_codes))},
+            "counted": _metric(base, "rerank_client_disconnects_total"),
+            "jobs_dropped_unrun": _metric(base, "rerank_jobs_dropped_total"),
+            "after": _after(base),
+        }
+
+        def one(i: int) -> int:
+            text, lang = queries[i % len(queries)]
+            try:
+                return httpx.post(f"{base}/search", json={"query": text, "lang": lang}, timeout=600).status_code
+            except httpx.TransportError:
+                return -1
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(flood) as pool:
+            codes = list(pool.map(one, range(flood)))
+        out["flood"] = {
+            "requests": flood,
+            "statuses": {str(c): codes.count(c) for c in sorted(set(codes))},
+            "s": round(time.perf_counter() - t, 3),
+            "after": _after(base),
+        }
+        big = ("права " * 166_667)[:1_000_000]  # a query of 1,000,000 characters
+        for name, path, body in (
+            ("query_1mb", "/search", {"query": big, "lang": "ru"}),
+            (
+                "rerank_10000_documents",
+                "/rerank",
+                {"query": "education", "lang": "en", "documents": ["a b c"] * 10_000},
+            ),
+        ):
+            t = time.perf_counter()
+            r = httpx.post(f"{base}{path}", json=body, timeout=600)
+            out[name] = {
+                "status": r.status_code,
+                "error": r.json().get("error")
+                if r.headers.get("content-type", "").startswith("application/json")
+                else None,
+                "s": round(time.perf_counter() - t, 3),
+                "after": _after(base),
+            }
+        proc.kill()
+        proc.wait(timeout=60)
+        t = time.perf_counter()
+        proc, base = _start(extra)
+        health = time.perf_counter() - t
+        first = _after(base)
+        out["kill_9_restart"] = {
+            "s_until_health": round(health, 2),
+            "s_until_first_search": round(time.perf_counter() - t, 2),
+            "first_search": first,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--only", nargs="*", choices=["load", "faults"])
+    ap.add_argument("--disconnects", type=int, default=8)
+    ap.add_argument("--flood", type=int, default=64)
     args = ap.parse_args()
+    parts = args.only or ["load", "faults"]
     if not (INDEX / "rerank-index.json").is_file():
         raise SystemExit(f"{INDEX} is missing: run `make indexes` first")
     queries = _queries(args.requests)
-    report: dict = {
-        "index": str(INDEX.relative_to(ROOT)),
-        "query_langs": list(LANGS),
-        "in_process": _in_process(queries),
-    }
+    report: dict = {"index": str(INDEX.relative_to(ROOT)), "query_langs": list(LANGS)}
+    if "faults" in parts:
+        report["faults"] = _faults(queries, args.disconnects, args.flood)
+    if "load" not in parts:
+        print(json.dumps(report, indent=1))
+        return
+    report["in_process"] = _in_process(queries)
     for name, extra in (("batching", []), ("no_batching", ["--max-batch", "1", "--batch-wait-ms", "0"])):
         proc, base = _start(extra)
         try:

@@ -201,9 +201,20 @@ class Pipeline:
     ``modules``: ``"auto"`` (default) stacks the shipped modules made for the reranker's backbone — the
     query language's module and the task module with its ranking head, which makes the reranker a
     cross-encoder (:mod:`rerank.modules.catalog`); a list (or ``{lang: [...]}``) stacks those; ``None``
-    stacks nothing."""
+    stacks nothing.
 
-    def __init__(self, index: str | os.PathLike, settings: SearchSettings | None = None, **kwargs):
+    ``share``: another pipeline whose loaded models this one uses where they are the same — its reranker (same
+    model, kind, device, length, precision and module heads) and its dense query encoder (same backbone) — so
+    that several indexes in one process (``rerank serve --index A --index B``) hold one copy of each."""
+
+    def __init__(
+        self,
+        index: str | os.PathLike,
+        settings: SearchSettings | None = None,
+        *,
+        share: Pipeline | None = None,
+        **kwargs,
+    ):
         """``settings``, or the same fields as keywords (they override ``settings``'s)."""
         from rerank.indexes.bm25 import BM25Index
         from rerank.indexes.dense import dense_path
@@ -230,6 +241,7 @@ class Pipeline:
         self._model, self._dense_model = settings.model, settings.dense_model
         self._dense = None
         self._reranker = None
+        self._share = share
         self._heads_from_modules = False
         self.auto_note: str | None = None  # why modules="auto" stacked nothing although modules are shipped
         self.modules = self._resolve_modules(settings.modules, settings.reranker)
@@ -293,6 +305,10 @@ class Pipeline:
         if self._reranker is None and self.reranker_kind != "none":
             from rerank.scoring.reranker import Reranker
 
+            other = self._share
+            if other is not None and other._reranker is not None and other._reranker_key() == self._reranker_key():
+                self._reranker = other._reranker
+                return self._reranker
             self._reranker = Reranker(
                 self._model,
                 self.reranker_kind,
@@ -302,6 +318,11 @@ class Pipeline:
                 precision=self.settings.precision,
             )
         return self._reranker
+
+    def _reranker_key(self) -> tuple:
+        """What decides the reranker this pipeline loads (two pipelines with one key can share it)."""
+        s = self.settings
+        return (str(self._model), s.reranker, str(self.device), self.max_length, s.precision, self._heads_from_modules)
 
     def _settle_auto_reranker(self) -> None:
         """``auto`` without a ranking head: skip the bi-encoder where the first stage already used the
@@ -335,6 +356,15 @@ class Pipeline:
                 and rr.info.fingerprint == read_dense_meta(self.path).fingerprint
             ):
                 enc = rr.scorer.encoder  # one backbone in memory when the bi-encoder is the dense model
+            other = self._share
+            if (
+                enc is None
+                and other is not None
+                and other.has_dense
+                and other._dense_model == self._dense_model
+                and other.dense.encoder.fingerprint == read_dense_meta(self.path).fingerprint
+            ):
+                enc = other.dense.encoder  # the other index's query encoder: the same backbone
             self._dense = DenseIndex(self.path, enc, model=self._dense_model)
         return self._dense
 

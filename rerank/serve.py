@@ -76,6 +76,12 @@ class Metrics:
             "rerank_batch_size", "Jobs per worker batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
         )
         self.queue = Gauge("rerank_queue_depth", "Jobs waiting for the worker", registry=self.registry)
+        self.disconnects = Counter(
+            "rerank_client_disconnects", "Requests whose client left before the answer", registry=self.registry
+        )
+        self.dropped = Counter(
+            "rerank_jobs_dropped", "Queued jobs dropped unrun (client gone or timed out)", registry=self.registry
+        )
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -130,7 +136,10 @@ class Worker:
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
+            taken = len(jobs)
             jobs = [j for j in jobs if not j.future.cancelled() and j.future.set_running_or_notify_cancel()]
+            if taken > len(jobs):
+                self.metrics.dropped.inc(taken - len(jobs))
             if not jobs:
                 continue
             self.metrics.batch.observe(len(jobs))
@@ -216,7 +225,10 @@ def create_app(indexes: dict[str, str | Path], settings=None, limits: ServeLimit
     limits = limits or ServeLimits()
     if not indexes:
         raise RerankError("no index to serve", hint="pass --index DIR (repeat for more)")
-    pipelines = {name: Pipeline(path, settings or SearchSettings()) for name, path in indexes.items()}
+    pipelines: dict = {}
+    for name, path in indexes.items():  # one copy of each model for all the indexes (Pipeline's share=)
+        first = next(iter(pipelines.values()), None)
+        pipelines[name] = Pipeline(path, settings or SearchSettings(), share=first)
     metrics = Metrics()
     worker = Worker(pipelines, limits, metrics)
 
@@ -273,16 +285,26 @@ def create_app(indexes: dict[str, str | Path], settings=None, limits: ServeLimit
             raise _HTTPError(404, f"unknown index {name!r}; served: {', '.join(pipelines)}")
         return name
 
-    async def answer(job: _Job):
+    async def answer(job: _Job, request: Request):
+        """The job's result; 429 when the queue is full; 504 past the timeout. A client that leaves first has its
+        job dropped if the worker has not started it (and its answer, if it has)."""
         try:
             fut = worker.submit(job)
         except QueueFull:
             return error(429, "the service is busy; retry shortly", **{"Retry-After": "1"})
+        result = asyncio.ensure_future(asyncio.wrap_future(fut))
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), limits.timeout_s)
-        except TimeoutError:
-            fut.cancel()
-            return error(504, f"no answer within {limits.timeout_s:g} s")
+            done, _ = await asyncio.wait({result, gone}, timeout=limits.timeout_s, return_when="FIRST_COMPLETED")
+        finally:
+            gone.cancel()
+        if result in done:
+            return result.result()
+        fut.cancel()  # dropped unrun when still queued
+        if gone in done:
+            metrics.disconnects.inc()
+            return Response(status_code=499)  # nginx's "client closed request": no one reads it, the metrics do
+        return error(504, f"no answer within {limits.timeout_s:g} s")
 
     @app.exception_handler(_HTTPError)
     async def _http_error(_request: Request, exc: _HTTPError):
@@ -319,7 +341,7 @@ def create_app(indexes: dict[str, str | Path], settings=None, limits: ServeLimit
         if not req.query.strip():
             raise _HTTPError(400, "empty query; give it some words")
         lang = languages.code(req.lang)
-        return await answer(_Job("search", pick_index(req.index), req.query, lang, req.k))
+        return await answer(_Job("search", pick_index(req.index), req.query, lang, req.k), request)
 
     @app.post("/rerank", openapi_extra=schema(RerankRequest))
     async def rerank(request: Request):
@@ -333,7 +355,7 @@ def create_app(indexes: dict[str, str | Path], settings=None, limits: ServeLimit
             raise _HTTPError(400, "this service runs with --reranker none: there is no reranker to score with")
         k = req.top_k or len(req.documents)
         job = _Job("rerank", index, req.query, lang, k, list(req.documents), req.return_documents)
-        return await answer(job)
+        return await answer(job, request)
 
     @app.get("/health")
     async def health():
@@ -351,6 +373,16 @@ def create_app(indexes: dict[str, str | Path], settings=None, limits: ServeLimit
 
 
 _ENDPOINTS = {"/search", "/rerank", "/health", "/metrics"}
+
+
+async def _client_gone(request) -> None:
+    """Returns when the client closes the connection (the body has been read: the next ASGI message is the
+    disconnect, which the server sends only when the client leaves or the response is complete)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)  # a server that sends more (empty) body messages is not polled in a tight loop
 
 
 class _HTTPError(Exception):

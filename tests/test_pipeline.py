@@ -104,6 +104,24 @@ def test_a_batch_of_queries_is_reranked_as_each_alone(index, tiny_cross, udhr_di
             assert [d.score for d in together[q.query_id]] == pytest.approx([d.score for d in alone], abs=1e-4)
 
 
+def test_pipelines_share_loaded_models_where_they_are_the_same(index, tiny_cross, tiny_bert, tmp_path):
+    """share=: a second index in the process uses the first's reranker and dense query encoder, and searches as it
+    would alone; a different precision gets a reranker of its own."""
+    import shutil
+
+    from rerank.pipeline import Pipeline
+
+    other = shutil.copytree(index, tmp_path / "copy")
+    kw = dict(reranker="cross", model=tiny_cross, dense_model=tiny_bert, modules=None, depth=10, precision="fp32")
+    with Pipeline(index, **kw) as a, Pipeline(other, share=a, **kw) as b, Pipeline(other, **kw) as alone:
+        assert b.reranker is a.reranker and b.dense.encoder is a.dense.encoder
+        got, want = b.search(QUERY, "en", k=10), alone.search(QUERY, "en", k=10)
+        assert [d.doc_id for d in got] == [d.doc_id for d in want]
+        assert [d.score for d in got] == pytest.approx([d.score for d in want], abs=1e-5)
+        with Pipeline(other, share=a, **(kw | {"precision": "bf16"})) as c:
+            assert c.reranker is not a.reranker
+
+
 def test_bad_pipeline_settings(index, en_index, tiny_bert):
     from rerank.pipeline import Pipeline
 

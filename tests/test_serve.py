@@ -87,6 +87,8 @@ def test_health_and_metrics(served):
         ("/rerank", {"query": "education", "lang": "en", "documents": []}, 422, "documents:"),
         ("/rerank", {"query": "education", "lang": "en", "documents": [1, 2]}, 422, "documents."),
         ("/rerank", {"query": "x" * 30_000, "lang": "en", "documents": ["d"]}, 413, "over 20,000 bytes"),
+        ("/search", {"query": "права " * 170_000, "lang": "ru"}, 413, "over 20,000 bytes"),  # a 1 MB query
+        ("/rerank", {"query": "education", "lang": "en", "documents": ["d"] * 10_000}, 413, "over 20,000 bytes"),
     ],
 )
 def test_bad_requests_are_one_line_and_cost_nothing(served, path, body, status, needle):
@@ -153,27 +155,76 @@ def test_a_slow_answer_is_504(tiny_dense_index, settings):
         assert client.post("/search", json={"query": "education", "lang": "en"}).status_code == 200
 
 
+def test_a_client_that_leaves_has_its_queued_job_dropped(tiny_dense_index, settings):
+    """Through a real uvicorn server (a disconnect needs a socket): a client that closes its connection while
+    its job waits is counted, its job is never run, and the next request is answered."""
+    import json
+    import socket
+
+    import httpx
+    import uvicorn
+
+    _, app, release, first = _blocked_service(tiny_dense_index, settings, batch_wait_ms=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            if server.started:
+                break
+            threading.Event().wait(0.1)
+        runs = []
+        real = app.state.worker._search
+        app.state.worker._search = lambda index, group: runs.append([j.query for j in group]) or real(index, group)
+        body = json.dumps({"query": "leisure", "lang": "en"}).encode()
+        head = f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            c.sendall(head.encode() + b"\r\n\r\n" + body)
+            threading.Event().wait(0.5)  # queued behind the held job
+        metric = "rerank_client_disconnects_total 1.0"
+        for _ in range(100):
+            if metric in httpx.get(f"{base}/metrics").text:
+                break
+            threading.Event().wait(0.1)
+        else:
+            pytest.fail("the disconnect was not noticed")
+        release.set()
+        assert len(first.result(60)["results"]) == 3
+        r = httpx.post(f"{base}/search", json={"query": "education", "lang": "en", "k": 2}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["results"]) == 2
+        assert runs == [["education"]]  # the departed client's "leisure" was never searched
+        text = httpx.get(f"{base}/metrics").text
+        assert "rerank_jobs_dropped_total 1.0" in text and 'status="499"' in text
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(60)
+
+
 def test_two_indexes_need_a_name(tiny_dense_index, settings, tmp_path):
     from fastapi.testclient import TestClient
 
     from rerank.serve import create_app
 
     app = create_app({"a": tiny_dense_index, "b": tiny_dense_index}, settings)
+    a_, b_ = app.state.pipelines["a"], app.state.pipelines["b"]
+    assert a_.reranker is b_.reranker  # one copy of the model for both indexes
     with TestClient(app) as client:
         r = client.post("/search", json={"query": "education", "lang": "en"})
         assert r.status_code == 400 and "name one: a, b" in r.json()["error"]
         assert client.post("/search", json={"query": "education", "lang": "en", "index": "b"}).status_code == 200
 
 
-@pytest.mark.slow
-def test_sigterm_lets_in_flight_requests_finish(en_index, tiny_cross):
-    """A real `rerank serve` process: requests sent just before SIGTERM are answered in full, then it exits."""
-    import signal
+def _serve_process(en_index, tiny_cross):
+    """A real `rerank serve` process on a free port, answering /health: (process, base URL)."""
     import socket
     import subprocess
     import sys
     import time
-    from concurrent.futures import ThreadPoolExecutor
 
     import httpx
 
@@ -182,36 +233,32 @@ def test_sigterm_lets_in_flight_requests_finish(en_index, tiny_cross):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "rerank.cli.main",
-        "serve",
-        "--index",
-        str(en_index),
-        "--port",
-        str(port),
-        "--first-stage",
-        "bm25",
-        "--reranker",
-        "cross",
-        "--model",
-        str(tiny_cross),
-        "--modules",
-        "none",
-    ]
+    cmd = [sys.executable, "-m", "rerank.cli.main", "serve", "--index", str(en_index), "--port", str(port)]
+    cmd += ["--first-stage", "bm25", "--reranker", "cross", "--model", str(tiny_cross), "--modules", "none"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"the server did not start: {proc.communicate()[1]}")
+
+
+@pytest.mark.slow
+def test_sigterm_lets_in_flight_requests_finish(en_index, tiny_cross):
+    """A real `rerank serve` process: requests sent just before SIGTERM are answered in full, then it exits."""
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    proc, base = _serve_process(en_index, tiny_cross)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"the server did not start: {proc.stderr.read() if proc.poll() is not None else ''}")
         docs = [f"Article {i}: everyone has the right to rest and leisure, number {i}." for i in range(200)]
 
         def ask(_):
@@ -236,3 +283,23 @@ def test_sigterm_lets_in_flight_requests_finish(en_index, tiny_cross):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_and_a_restart_serve_again(en_index, tiny_cross):
+    """kill -9 leaves nothing that stops a new server on the same indexes from starting and answering."""
+    import httpx
+
+    body = {"query": "everyone has the right to education", "lang": "en", "k": 5}
+    proc, base = _serve_process(en_index, tiny_cross)
+    before = httpx.post(f"{base}/search", json=body, timeout=60).json()["results"]
+    proc.kill()
+    assert proc.wait(timeout=60) == -9
+    proc, base = _serve_process(en_index, tiny_cross)
+    try:
+        r = httpx.post(f"{base}/search", json=body, timeout=60)
+        assert r.status_code == 200 and len(before) == 5
+        assert [h["docid"] for h in r.json()["results"]] == [h["docid"] for h in before]
+    finally:
+        proc.kill()
+        proc.wait()
