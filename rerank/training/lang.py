@@ -32,7 +32,7 @@ import torch
 
 from rerank.modules import kinds
 from rerank.training.fit import default_lr, fit_module, sha256_file
-from rerank.training.loop import LoopConfig, train
+from rerank.training.loop import LoopConfig, open_session, train
 
 
 @dataclass
@@ -100,6 +100,7 @@ def train_language_module(
     emb = encoder.embeddings.word_embeddings
     head = MLMHead(encoder.config.hidden_size, emb, vocab, eps=encoder.config.layer_norm_eps)
     work = Path(work_dir) if work_dir else Path(f"{out}.work")
+    session, earlier_seconds = open_session(work)
 
     def step_loss(i: int):
         b = batches.batch(i)
@@ -174,7 +175,9 @@ def train_language_module(
         dev_loss_best=None if log.best_dev is None else round(log.best_dev, 4),
         train_loss=[(s, round(v, 4)) for s, v in log.train_loss[:: max(1, len(log.train_loss) // 20)]],
         tokens=log.tokens,
-        seconds=round(time.perf_counter() - started, 1),
+        # over every session of an interrupted run: each earlier one counted until its newest checkpoint
+        seconds=round(earlier_seconds + time.perf_counter() - started, 1),
+        sessions=session,
         resumed_from=log.resumed_from,
     )
     module.config.recipe = recipe

@@ -155,6 +155,35 @@ def train(
     return log
 
 
+SESSIONS_FILE = "sessions.json"
+
+
+def open_session(work: Path) -> tuple[int, float]:
+    """Record that a session of the run whose checkpoints are in ``work`` starts now; return its number (1 for a
+    fresh run) and the seconds the earlier sessions ran, each counted from its start until the newest file it
+    left in ``work`` (what a killed session did after its last checkpoint was lost and is done again)."""
+    import os
+
+    work = Path(work)
+    path = work / SESSIONS_FILE
+    number, earlier = 1, 0.0
+    try:
+        state = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        number, earlier, began = int(state["sessions"]) + 1, float(state["earlier_seconds"]), float(state["started"])
+    except (OSError, ValueError, TypeError, KeyError):
+        state = None
+    if state is not None:
+        newest = max((f.stat().st_mtime for f in work.rglob("*") if f.is_file() and f != path), default=began)
+        earlier += max(0.0, newest - began)
+    else:
+        number, earlier = 1, 0.0
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{SESSIONS_FILE}.{os.getpid()}")
+    tmp.write_text(json.dumps({"sessions": number, "earlier_seconds": earlier, "started": time.time()}))
+    os.replace(tmp, path)
+    return number, earlier
+
+
 def _save_checkpoint(folder: Path, names, plist, opt, sched, log: LoopLog, step: int, best=None) -> None:
     """The trainable tensors, the optimizer's state, the schedule, the log — and the best dev state so far,
     which the run restores at its end (without it a resumed run would end with another state)."""

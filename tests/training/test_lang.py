@@ -121,6 +121,39 @@ def test_an_interrupted_loop_resumes_exactly(tmp_path):
     assert torch.equal(again["w"], whole["w"])
 
 
+def test_an_interrupted_module_run_records_every_session(ky_text, tiny_bert, tmp_path, monkeypatch):
+    """Killed after its first checkpoint and run again, a language module's recipe counts both sessions and the
+    time of both (the first until its checkpoint), not only the last one's."""
+    import time
+    from dataclasses import replace
+
+    from rerank.training import loop
+    from rerank.training.lang import train_language_module
+
+    cfg = replace(small("shira"), max_steps=60, eval_every=50)
+    real = loop._save_checkpoint
+
+    def dies_after_the_first_checkpoint(*a, **kw):
+        real(*a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save_checkpoint", dies_after_the_first_checkpoint)
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        train_language_module("ky", [ky_text], tmp_path / "m", cfg, model=tiny_bert, progress=False)
+    first = time.perf_counter() - started
+    monkeypatch.setattr(loop, "_save_checkpoint", real)
+    started = time.perf_counter()
+    m = train_language_module("ky", [ky_text], tmp_path / "m", cfg, model=tiny_bert, progress=False)
+    second = time.perf_counter() - started
+    r = m.config.recipe
+    assert r["sessions"] == 2 and r["resumed_from"] == 50 and r["steps"] == 60
+    assert second < r["seconds"] <= first + second + 1.0, (first, second, r["seconds"])
+    assert not (tmp_path / "m.work").exists()
+    fresh = train_language_module("ky", [ky_text], tmp_path / "n", small("shira"), model=tiny_bert, progress=False)
+    assert fresh.config.recipe["sessions"] == 1
+
+
 def test_bad_input(cli, ky_text, tiny_bert, tmp_path, capsys):
     from rerank.training.lang import train_language_module
     from rerank.training.loop import parse_budget
