@@ -6,7 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +14,16 @@ from rich.console import Console
 from rerank.errors import RerankError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# `--precision`, as `rerank search` and `rerank serve` take it (rerank.scoring.precision)
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="The cross-encoder's arithmetic: auto (bf16 where the processor computes it natively, else fp32), "
+        "fp32 or bf16.",
+    ),
+]
 
 # A pipe or a file gets a fixed width of 120 columns instead of rich's 80, so tables keep their snippets.
 ARGV: list[str] = []  # the arguments of this invocation (set by main), to record how outputs were made

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rerank.cli._common import err, out, user_errors
+from rerank.cli._common import PrecisionOption, err, out, user_errors
 
 
 @user_errors
@@ -78,14 +78,7 @@ def search(
         int | None, typer.Option("--max-length", min=8, help="Reranker input tokens [default: 256 cross, 512 bi].")
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda [default: cuda if present].")] = None,
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="The cross-encoder's arithmetic: auto (bf16 where the processor computes it natively, else fp32), "
-            "fp32 or bf16.",
-        ),
-    ] = "auto",
+    precision: PrecisionOption = "auto",
     k: Annotated[
         int | None, typer.Option("-k", "--k", min=1, help="Results per query [default: 100 for runs, 10 on screen].")
     ] = None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rerank.cli._common import err, user_errors
+from rerank.cli._common import PrecisionOption, err, user_errors
 
 
 @user_errors
@@ -26,14 +26,7 @@ def serve(
         str, typer.Option("--modules", help="auto (the shipped modules), none, or module folders, comma-separated.")
     ] = "auto",
     depth: Annotated[int | None, typer.Option("--depth", min=1, help="First-stage results reranked.")] = None,
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="The cross-encoder's arithmetic: auto (bf16 where the processor computes it natively, else fp32), "
-            "fp32 or bf16.",
-        ),
-    ] = "auto",
+    precision: PrecisionOption = "auto",
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Requests the worker takes at once.")] = 16,
     batch_wait_ms: Annotated[
         float, typer.Option("--batch-wait-ms", min=0.0, help="How long the worker waits for a batch to fill.")
