@@ -67,6 +67,13 @@ class CrossEncoder:
         from rerank.scoring import residual
 
         residual.attach(self.model)  # inert until a task module writes one in
+        if self.precision == "bf16":  # the encoder in bf16, what reads its output in fp32
+            from rerank.scoring.precision import keep_fp32
+
+            base = getattr(self.model, getattr(self.model, "base_model_prefix", ""), None)
+            for part in (getattr(base, "pooler", None), getattr(self.model, "classifier", None)):
+                keep_fp32(part, self.device)
+            keep_fp32(self.model.residual_head, self.device)
         self.max_length = min(max_length, self.info.max_length)
         self.max_tokens = max_tokens
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -84,6 +91,10 @@ class CrossEncoder:
 
         if self.list_head is None:
             self.list_head = listhead.attach(self.model)
+            if self.list_head is not None and self.precision == "bf16":
+                from rerank.scoring.precision import keep_fp32
+
+                keep_fp32(self.list_head, self.device)
         return self.list_head is not None
 
     def encode_pairs(
@@ -160,7 +171,7 @@ class CrossEncoder:
 
                     got = pooled(self.model, inputs)
                     if vectors is None:
-                        vectors = got.new_zeros((len(pairs), got.shape[1]))
+                        vectors = got.new_zeros((len(pairs), got.shape[1]), dtype=torch.float32)
                     vectors[torch.as_tensor(batch, device=got.device)] = got
                 else:
                     logits = self.model(**inputs).logits

@@ -58,6 +58,29 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
+def keep_fp32(module, device) -> None:
+    """Run ``module`` (a ranking head, a pooler) in fp32 under autocast, its floating inputs cast up: bf16 has 8
+    significant bits, so a logit of 3 would be rounded to a step of 1/64 and close candidates would tie, and a
+    list head's small correction added to a bf16 vector would be rounded away. Heads are a sliver of the compute.
+    Idempotent; the parameters are untouched (module composition writes them as before)."""
+    import torch
+
+    if module is None or getattr(module, "_rerank_fp32", False):
+        return
+    forward = module.forward
+    kind = getattr(device, "type", str(device)).split(":")[0]
+
+    def up(x):
+        return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    def fp32_forward(*args, **kwargs):
+        with torch.autocast(kind, enabled=False):
+            return forward(*(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+
+    module.forward = fp32_forward
+    module._rerank_fp32 = True
+
+
 def autocast(precision: str, device):
     """The context a forward pass runs in for a resolved ``precision``."""
     import torch

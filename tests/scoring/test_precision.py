@@ -30,6 +30,23 @@ def test_bf16_scores_close_to_fp32_and_not_identical(tiny_cross):
     assert next(bf.model.parameters()).dtype == torch.float32  # autocast leaves the weights fp32
 
 
+def test_bf16_logits_are_not_rounded_to_bf16(tiny_cross, tmp_path):
+    """The head reads the bf16 encoder in fp32: logits near 3 keep more than bf16's 8 bits (steps of 1/64), so
+    close candidates do not tie."""
+    import shutil
+
+    from rerank.scoring.cross import CrossEncoder
+
+    folder = shutil.copytree(tiny_cross, tmp_path / "ce")
+    ce = CrossEncoder(folder, precision="bf16")
+    with torch.no_grad():
+        ce.model.classifier.bias.fill_(3.0)
+    got = torch.from_numpy(ce.predict(PAIRS))
+    assert bool((got - 3.0).abs().max() < 1.0)
+    assert not torch.equal(got, got.bfloat16().float())  # some logit is off the bf16 grid
+    assert len(set(got.tolist())) == len(PAIRS)
+
+
 def test_auto_follows_the_processor(monkeypatch):
     from rerank.scoring import precision
 

@@ -203,10 +203,14 @@ def test_the_list_aware_head_trains_and_scores_each_candidate_in_the_context_of_
     docs = ["Everyone has the right to education.", "No one shall be held in slavery.", "The right to life."]
     plain = Reranker(cross)
     assert plain.scorer.list_head is None  # attached only for a module that brings one
-    rr = Reranker(cross, modules=[tmp_path / "task"])
+    rr16 = Reranker(cross, modules=[tmp_path / "task"], precision="bf16")  # the list head runs in fp32 there too
+    together16 = rr16.predict([(q, d) for d in docs])
+    assert not np.allclose(together16, np.array([rr16.predict([(q, d)])[0] for d in docs]))
+    rr = Reranker(cross, modules=[tmp_path / "task"], precision="fp32")  # compared by hand below, in fp32
     together = rr.predict([(q, d) for d in docs])
     alone = np.array([rr.predict([(q, d)])[0] for d in docs])
     assert not np.allclose(together, alone)  # a candidate's score depends on the others in its list
+    np.testing.assert_allclose(together16, together, atol=0.05)
     # by hand: pooled [CLS] vectors, attention over the list, then the classifier
     model = rr.scorer.model
     enc = rr.scorer.tokenizer([q] * 3, docs, return_tensors="pt", padding=True)
