@@ -3,14 +3,15 @@
 ``auto`` (the default) is bf16 on a CPU with AMX or AVX-512 BF16 (Intel Sapphire Rapids and later, AMD Zen 4
 and later) and on a CUDA device that supports bf16; fp32 elsewhere, where bf16 would be emulated and slower.
 Autocast changes only how the matrix products are computed: the weights stay fp32, so module composition
-(scatter into the base weights, exact reverts, ~7 ms switches) is untouched. Measured with bench/rerank.py on
-this project's 2-core Xeon with AMX (1,000 UDHR pairs, medians of 3 rotated rounds): bf16 72.5 pairs/s
-against 40.0 in fp32 and 24.6 for sentence-transformers' fp32 ``CrossEncoder.predict`` (2.95×), logits within
-4e-4 of fp32; nDCG@10 of the default search within 0.001 of fp32 on every dev set and bundled topic set. int8
-was measured beside it: torch.ao's dynamic int8 linears 80.4 pairs/s and ONNX Runtime's dynamic int8 86.6, both
-within this machine's noise of bf16 or just above it, but 20–30× further from fp32 (logits within 0.013 and
-0.010), and neither composes: every module switch would re-quantise the weights (torch.ao) or re-export and
-re-quantise the model (ONNX Runtime, seconds).
+(scatter into the base weights, exact reverts, ~7 ms switches) is untouched; the pooler and the ranking heads
+run in fp32 (:func:`keep_fp32`). Measured with bench/rerank.py on this project's 2-core Xeon with AMX (1,000
+UDHR pairs, medians of 3 rotated rounds, before the heads moved to fp32): bf16 72.5 pairs/s against 40.0 in
+fp32 and 24.6 for sentence-transformers' fp32 ``CrossEncoder.predict`` (2.95×), logits within 4e-4 of fp32;
+nDCG@10 of the default search within 0.001 of fp32 on every dev set and bundled topic set. int8 was measured
+beside it: torch.ao's dynamic int8 linears 80.4 pairs/s and ONNX Runtime's dynamic int8 86.6, within this
+machine's noise of bf16 or just above it, but 20–30× further from fp32 (logits within 0.013 and 0.010), and
+neither composes: every module switch would re-quantise the weights (torch.ao) or re-export and re-quantise
+the model (ONNX Runtime, seconds).
 """
 
 from __future__ import annotations
