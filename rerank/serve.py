@@ -334,22 +334,23 @@ def create_app(indexes: dict[str, str | Path], settings=None, limits: ServeLimit
             "requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
         }
 
+    async def parse_query(request: Request, model):
+        """The body as ``model`` (:func:`parse`), its query not empty, and the query's language as a code."""
+        req = await parse(request, model)
+        if not req.query.strip():
+            raise _HTTPError(400, "empty query; give it some words")
+        return req, languages.code(req.lang)
+
     @app.post("/search", openapi_extra=schema(SearchRequest))
     async def search(request: Request):
         """The top ``k`` documents of an index for a query: what ``rerank search`` prints, as JSON."""
-        req = await parse(request, SearchRequest)
-        if not req.query.strip():
-            raise _HTTPError(400, "empty query; give it some words")
-        lang = languages.code(req.lang)
+        req, lang = await parse_query(request, SearchRequest)
         return await answer(_Job("search", pick_index(req.index), req.query, lang, req.k), request)
 
     @app.post("/rerank", openapi_extra=schema(RerankRequest))
     async def rerank(request: Request):
         """``documents`` ordered for ``query``: ``[{"corpus_id", "score", "text"}]`` as ``CrossEncoder.rank``."""
-        req = await parse(request, RerankRequest)
-        if not req.query.strip():
-            raise _HTTPError(400, "empty query; give it some words")
-        lang = languages.code(req.lang)
+        req, lang = await parse_query(request, RerankRequest)
         index = pick_index(req.index) if req.index is not None or len(pipelines) == 1 else next(iter(pipelines))
         if pipelines[index].reranker_kind == "none":
             raise _HTTPError(400, "this service runs with --reranker none: there is no reranker to score with")
