@@ -418,8 +418,6 @@ class Pipeline:
         self, queries: Sequence[Query], k: int = 100, *, progress: bool = False, threads: int = 2
     ) -> tuple[dict[str, list[ScoredDoc]], dict[str, list[ScoredDoc]]]:
         """(final results, first-stage results) per query id."""
-        from tqdm.auto import tqdm
-
         for q in queries:
             if not q.text.strip():
                 raise RerankError(f"query {q.query_id} is empty", hint="give every query some words")
@@ -429,6 +427,37 @@ class Pipeline:
         first = self._first_stage(queries, max(k, self.depth), progress=progress, threads=threads)
         if self.reranker_kind == "none":
             return {q: r[:k] for q, r in first.items()}, first
+        return self._rerank_canonical(queries, first, k, progress=progress), first
+
+    def rerank_candidates(
+        self,
+        queries: Sequence[Query],
+        candidates: Mapping[str, list[ScoredDoc]],
+        *,
+        texts: Mapping[str, str] | None = None,
+        progress: bool = False,
+    ) -> dict[str, list[ScoredDoc]]:
+        """Rerank given candidate lists (another system's run, in its order) as :meth:`run` reranks its first
+        stage's: each query's top ``depth`` by the reranker (fused at the first-stage weight), the rest below in
+        the given order. Every candidate must be in the index (its text is read from the index's store), or in
+        ``texts`` (document id → text) when given."""
+        if self.reranker_kind == "none":
+            raise RerankError("there is no reranker to rerank with", hint="pick --reranker cross or bi")
+        queries = _canonical(queries)
+        first = {q.query_id: list(candidates[q.query_id]) for q in queries}
+        return self._rerank_canonical(queries, first, None, progress=progress, texts=texts)
+
+    def _rerank_canonical(
+        self,
+        queries: list[Query],
+        first: dict[str, list[ScoredDoc]],
+        k: int | None,
+        *,
+        progress: bool,
+        texts: Mapping[str, str] | None = None,
+    ) -> dict[str, list[ScoredDoc]]:
+        from tqdm.auto import tqdm
+
         final: dict[str, list[ScoredDoc]] = {}
         # queries grouped by the module set their language asks for: one switch per group
         groups: dict[tuple, list[Query]] = {}
@@ -445,12 +474,12 @@ class Pipeline:
                 if self.modules:
                     self.reranker.use_modules(list(mods), self.module_density, self.module_rank)
                 weight = self.fusion_weight(mods)
-                ranked = self._rerank_group(qs, first)
+                ranked = self._rerank_group(qs, first, texts)
                 for q in qs:
                     cands, tail = first[q.query_id][: self.depth], first[q.query_id][self.depth :]
                     final[q.query_id] = self._finish(q, ranked[q.query_id], cands, tail, weight)[:k]
                     bar.update(1)
-        return {q.query_id: final[q.query_id] for q in queries}, first
+        return {q.query_id: final[q.query_id] for q in queries}
 
     def modules_for(self, lang: str | None) -> tuple:
         """The module folders stacked for queries in ``lang`` (``"*"`` entries serve every language; with
@@ -497,7 +526,9 @@ class Pipeline:
                 return cfg.fusion.first_stage_weight
         return 0.0
 
-    def _rerank_group(self, qs: Sequence[Query], first: dict[str, list[ScoredDoc]]) -> dict[str, list[ScoredDoc]]:
+    def _rerank_group(
+        self, qs: Sequence[Query], first: dict[str, list[ScoredDoc]], texts: Mapping[str, str] | None = None
+    ) -> dict[str, list[ScoredDoc]]:
         """The reranker's order of each query's top ``depth``, for queries that share a module set: the
         cross-encoder scores all their pairs in one call (:meth:`Reranker.rerank_many`)."""
         rr = self.reranker
@@ -505,8 +536,9 @@ class Pipeline:
         if rr.kind == "bi" and self.has_dense and self.dense.encoder is rr.scorer.encoder:
             # same backbone: the stored vectors are the embeddings
             return {q.query_id: self._bi_from_index(q, cands[q.query_id]) if cands[q.query_id] else [] for q in qs}
-        docs = self.bm25.docstore.get_many(list(dict.fromkeys(c.doc_id for cs in cands.values() for c in cs)))
-        texts = {d: doc.contents for d, doc in docs.items()}
+        if texts is None:
+            docs = self.bm25.docstore.get_many(list(dict.fromkeys(c.doc_id for cs in cands.values() for c in cs)))
+            texts = {d: doc.contents for d, doc in docs.items()}
         items = [(q.query_id, q.text, cands[q.query_id], texts, self._prior(q, cands[q.query_id])) for q in qs]
         return rr.rerank_many([it for it in items if it[2]]) | {q.query_id: [] for q in qs if not cands[q.query_id]}
 

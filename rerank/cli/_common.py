@@ -6,6 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from datetime import UTC
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -24,6 +25,77 @@ PrecisionOption = Annotated[
         "fp32 or bf16.",
     ),
 ]
+
+# The reranker's options, as `rerank search` and `rerank rerank-run` take them (rerank.pipeline.SearchSettings)
+RerankerOption = Annotated[
+    str, typer.Option("--reranker", help="none, bi (embedding cosine), cross (ranking head) or auto.")
+]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", help="Reranker folder: a backbone, or a cross-encoder [default: embedded e5-small]."),
+]
+DenseModelOption = Annotated[
+    Path | None, typer.Option("--dense-model", help="Backbone the dense index was built with [default: --model].")
+]
+ModulesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--modules",
+        help="Module folders stacked into the reranker, comma-separated (lang + task). Language modules of "
+        "several languages: each serves the queries of its own language. auto: the shipped modules (the "
+        "query language's + the task module) when they exist for the backbone; none: no modules.",
+    ),
+]
+ModuleDensityOption = Annotated[
+    str | None, typer.Option("--module-density", help="Keep this much of each sparse module, e.g. 0.5%.")
+]
+ModuleRankOption = Annotated[
+    int | None, typer.Option("--module-rank", min=1, help="Keep the first r ranks of each LoRA module.")
+]
+FirstStageWeightOption = Annotated[
+    str,
+    typer.Option(
+        "--first-stage-weight",
+        help="Fuse the cross-encoder's order with the first stage's (RRF, k=60; the cross-encoder weighs 1). "
+        "auto: the weight the task module's dev split chose; 0: the cross-encoder's order alone.",
+    ),
+]
+MaxLengthOption = Annotated[
+    int | None, typer.Option("--max-length", min=8, help="Reranker input tokens [default: 256 cross, 512 bi].")
+]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda [default: cuda if present].")]
+
+
+def reranker_fields(
+    *,
+    reranker,
+    model,
+    dense_model,
+    modules,
+    module_density,
+    module_rank,
+    first_stage_weight,
+    max_length,
+    device,
+    precision,
+) -> dict:
+    """The :class:`~rerank.pipeline.SearchSettings` fields the reranker options give."""
+    from rerank.modules.format import parse_density
+    from rerank.pipeline import parse_modules
+
+    return dict(
+        reranker=reranker,
+        model=model,
+        dense_model=dense_model,
+        device=device,
+        max_length=max_length,
+        modules=parse_modules(modules),
+        module_density=parse_density(module_density) if module_density else None,
+        module_rank=module_rank,
+        first_stage_weight=first_stage_weight.strip().lower() or "auto",
+        precision=precision,
+    )
+
 
 # A pipe or a file gets a fixed width of 120 columns instead of rich's 80, so tables keep their snippets.
 ARGV: list[str] = []  # the arguments of this invocation (set by main), to record how outputs were made

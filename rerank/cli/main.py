@@ -11,6 +11,7 @@ from rerank.cli import collections as collections_cli
 from rerank.cli import eval as eval_cli
 from rerank.cli import index as index_cli
 from rerank.cli import modules as modules_cli
+from rerank.cli import rerank_run as rerank_run_cli
 from rerank.cli import search as search_cli
 from rerank.cli import serve as serve_cli
 from rerank.cli import train as train_cli
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.command("index")(index_cli.index)
 app.command("search")(search_cli.search)
 app.command("serve")(serve_cli.serve)
+app.command("rerank-run")(rerank_run_cli.rerank_run)
 app.add_typer(collections_cli.app, name="collections")
 app.add_typer(modules_cli.app, name="modules")
 app.add_typer(eval_cli.app, name="eval")

@@ -8,7 +8,22 @@ from typing import Annotated
 
 import typer
 
-from rerank.cli._common import PrecisionOption, err, out, user_errors
+from rerank.cli._common import (
+    DenseModelOption,
+    DeviceOption,
+    FirstStageWeightOption,
+    MaxLengthOption,
+    ModelOption,
+    ModuleDensityOption,
+    ModuleRankOption,
+    ModulesOption,
+    PrecisionOption,
+    RerankerOption,
+    err,
+    out,
+    reranker_fields,
+    user_errors,
+)
 
 
 @user_errors
@@ -28,39 +43,13 @@ def search(
             help="bm25, dense, hybrid (RRF of both), or auto: dense where the index has vectors, else bm25.",
         ),
     ] = "auto",
-    reranker: Annotated[
-        str, typer.Option("--reranker", help="none, bi (embedding cosine), cross (ranking head) or auto.")
-    ] = "auto",
-    model: Annotated[
-        Path | None,
-        typer.Option("--model", help="Reranker folder: a backbone, or a cross-encoder [default: embedded e5-small]."),
-    ] = None,
-    dense_model: Annotated[
-        Path | None, typer.Option("--dense-model", help="Backbone the dense index was built with [default: --model].")
-    ] = None,
-    modules: Annotated[
-        str | None,
-        typer.Option(
-            "--modules",
-            help="Module folders stacked into the reranker, comma-separated (lang + task). Language modules of "
-            "several languages: each serves the queries of its own language. auto: the shipped modules (the "
-            "query language's + the task module) when they exist for the backbone; none: no modules.",
-        ),
-    ] = "auto",
-    module_density: Annotated[
-        str | None, typer.Option("--module-density", help="Keep this much of each sparse module, e.g. 0.5%.")
-    ] = None,
-    module_rank: Annotated[
-        int | None, typer.Option("--module-rank", min=1, help="Keep the first r ranks of each LoRA module.")
-    ] = None,
-    first_stage_weight: Annotated[
-        str,
-        typer.Option(
-            "--first-stage-weight",
-            help="Fuse the cross-encoder's order with the first stage's (RRF, k=60; the cross-encoder weighs 1). "
-            "auto: the weight the task module's dev split chose; 0: the cross-encoder's order alone.",
-        ),
-    ] = "auto",
+    reranker: RerankerOption = "auto",
+    model: ModelOption = None,
+    dense_model: DenseModelOption = None,
+    modules: ModulesOption = "auto",
+    module_density: ModuleDensityOption = None,
+    module_rank: ModuleRankOption = None,
+    first_stage_weight: FirstStageWeightOption = "auto",
     depth: Annotated[
         int | None,
         typer.Option(
@@ -74,10 +63,8 @@ def search(
         str | None, typer.Option("--fusion-weights", help="RRF weights bm25,dense for hybrid, e.g. 0.25,1.")
     ] = None,
     fusion_k: Annotated[float, typer.Option("--fusion-k", min=0.0, help="RRF constant k.")] = 60.0,
-    max_length: Annotated[
-        int | None, typer.Option("--max-length", min=8, help="Reranker input tokens [default: 256 cross, 512 bi].")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda [default: cuda if present].")] = None,
+    max_length: MaxLengthOption = None,
+    device: DeviceOption = None,
     precision: PrecisionOption = "auto",
     k: Annotated[
         int | None, typer.Option("-k", "--k", min=1, help="Results per query [default: 100 for runs, 10 on screen].")
@@ -106,8 +93,7 @@ def search(
     from rerank.collections.trec import check_tag, format_run_lines, write_run
     from rerank.errors import RerankError
     from rerank.files import check_writable_target
-    from rerank.modules.format import parse_density
-    from rerank.pipeline import Pipeline, SearchSettings, parse_modules
+    from rerank.pipeline import Pipeline, SearchSettings
     from rerank.types import Query
 
     if (query is None) == (topics is None):
@@ -130,20 +116,22 @@ def search(
     k = k or (100 if (output or topics) else 10)
     settings = SearchSettings(
         first_stage=first_stage,
-        reranker=reranker,
-        model=model,
-        dense_model=dense_model,
         depth=depth,
         fusion_k=fusion_k,
         fusion_weights=weights,
-        device=device,
-        max_length=max_length,
         analyzer=analyzer,
-        modules=parse_modules(modules),
-        module_density=parse_density(module_density) if module_density else None,
-        module_rank=module_rank,
-        first_stage_weight=first_stage_weight.strip().lower() or "auto",
-        precision=precision,
+        **reranker_fields(
+            reranker=reranker,
+            model=model,
+            dense_model=dense_model,
+            modules=modules,
+            module_density=module_density,
+            module_rank=module_rank,
+            first_stage_weight=first_stage_weight,
+            max_length=max_length,
+            device=device,
+            precision=precision,
+        ),
     )
     pipe = Pipeline(index, settings)
     try:

@@ -1,5 +1,5 @@
-"""Topics: TSV (``qid<TAB>text``), TREC ``<top>`` (title/desc/narr), CLEF SGML (``<EN-title>``, any
-language tag) and HC4 JSONL (``topic_id`` + per-language ``topics`` list).
+"""Topics: TSV (``qid<TAB>text``, optionally ``<TAB>language``), TREC ``<top>`` (title/desc/narr), CLEF SGML
+(``<EN-title>``, any language tag) and HC4 JSONL (``topic_id`` + per-language ``topics`` list).
 
 Every reader returns :class:`~rerank.types.Query` records whose ``text`` is the field asked for
 (``title`` by default; ``desc``, ``title+desc``) and keeps the other fields beside it.
@@ -54,17 +54,25 @@ def _finish(queries: list[Query], path: Path, field: str) -> list[Query]:
 
 
 def read_tsv_topics(path: str | os.PathLike, lang: str | None = None) -> list[Query]:
-    """``qid<TAB>text`` a line; blank lines ignored; ids must be unique."""
+    """``qid<TAB>text`` a line, or ``qid<TAB>text<TAB>language`` (ISO 639 code or name) when queries come in
+    several languages — the column wins over ``lang``, which serves lines without one; blank lines ignored;
+    ids must be unique."""
     p = Path(path)
     out: list[Query] = []
     seen: set[str] = set()
-    code = _lang(lang)
+    default = _lang(lang)
     for lineno, line in numbered_lines(p, "topics file"):
         if not line.strip():
             continue
         parts = line.split("\t")
-        if len(parts) != 2:
-            raise at_line(p, lineno, f"{len(parts)} tab-separated fields", "qid<TAB>query text")
+        if len(parts) not in (2, 3):
+            raise at_line(p, lineno, f"{len(parts)} tab-separated fields", "qid<TAB>query text[<TAB>language]")
+        code = default
+        if len(parts) == 3:
+            try:
+                code = languages.code(parts[2].strip())
+            except RerankError as e:
+                raise at_line(p, lineno, str(e), "a language code in the third column, e.g. ky") from None
         qid, text = parts[0].strip(), parts[1].strip()
         if not qid or any(c.isspace() for c in qid):
             raise at_line(p, lineno, f"bad query id {qid!r}", "a non-empty id without spaces")

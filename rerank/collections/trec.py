@@ -61,6 +61,24 @@ def write_qrels(qrels: Iterable[Qrel], path: str | os.PathLike, overwrite: bool 
     return n
 
 
+def _run_line(p: Path, lineno: int, line: str) -> ScoredDoc:
+    cols = line.split()
+    if len(cols) != 6:
+        raise at_line(p, lineno, f"{len(cols)} columns", _RUN_EXPECTED)
+    qid, _q0, docid, rank, score, _tag = cols
+    try:
+        int(rank)
+    except ValueError:
+        raise at_line(p, lineno, f"rank {rank!r} is not an integer", _RUN_EXPECTED) from None
+    try:
+        value = float(score)
+    except ValueError:
+        raise at_line(p, lineno, f"score {score!r} is not a number", _RUN_EXPECTED) from None
+    if not math.isfinite(value):
+        raise at_line(p, lineno, f"score {score!r} is not finite", "a finite number")
+    return ScoredDoc(qid, docid, value)
+
+
 def read_run(path: str | os.PathLike) -> list[ScoredDoc]:
     """Read a TREC run. Lines keep their file order; use :func:`count_ties` to look for ties."""
     p = Path(path)
@@ -69,27 +87,52 @@ def read_run(path: str | os.PathLike) -> list[ScoredDoc]:
     for lineno, line in numbered_lines(p, "run file"):
         if not line.strip():
             continue
-        cols = line.split()
-        if len(cols) != 6:
-            raise at_line(p, lineno, f"{len(cols)} columns", _RUN_EXPECTED)
-        qid, _q0, docid, rank, score, _tag = cols
-        try:
-            int(rank)
-        except ValueError:
-            raise at_line(p, lineno, f"rank {rank!r} is not an integer", _RUN_EXPECTED) from None
-        try:
-            value = float(score)
-        except ValueError:
-            raise at_line(p, lineno, f"score {score!r} is not a number", _RUN_EXPECTED) from None
-        if not math.isfinite(value):
-            raise at_line(p, lineno, f"score {score!r} is not finite", "a finite number")
-        if (qid, docid) in seen:
-            raise at_line(p, lineno, f"document {docid} appears twice for query {qid}", "each document once a query")
-        seen.add((qid, docid))
-        out.append(ScoredDoc(qid, docid, value))
+        sd = _run_line(p, lineno, line)
+        if (sd.query_id, sd.doc_id) in seen:
+            raise at_line(
+                p, lineno, f"document {sd.doc_id} appears twice for query {sd.query_id}", "each document once a query"
+            )
+        seen.add((sd.query_id, sd.doc_id))
+        out.append(sd)
     if not out:
         raise RerankError(f"run file has no lines: {p}", hint="give a TREC run file")
     return out
+
+
+def iter_run_groups(path: str | os.PathLike) -> Iterator[tuple[str, list[ScoredDoc]]]:
+    """A TREC run read as a stream, one query at a time (its lines in file order), holding one query's lines
+    in memory. The run must be grouped by query, as every TREC tool writes it; the same checks as
+    :func:`read_run`, each error naming the file and line."""
+    p = Path(path)
+    done: set[str] = set()
+    qid: str | None = None
+    docs: list[ScoredDoc] = []
+    seen: set[str] = set()
+    for lineno, line in numbered_lines(p, "run file"):
+        if not line.strip():
+            continue
+        sd = _run_line(p, lineno, line)
+        if sd.query_id != qid:
+            if sd.query_id in done:
+                raise at_line(
+                    p,
+                    lineno,
+                    f"query {sd.query_id} appears again after other queries",
+                    f"a run grouped by query — sort it first: sort -s -k1,1 {p}",
+                )
+            if qid is not None:
+                done.add(qid)
+                yield qid, docs
+            qid, docs, seen = sd.query_id, [], set()
+        if sd.doc_id in seen:
+            raise at_line(
+                p, lineno, f"document {sd.doc_id} appears twice for query {sd.query_id}", "each document once a query"
+            )
+        seen.add(sd.doc_id)
+        docs.append(sd)
+    if qid is None:
+        raise RerankError(f"run file has no lines: {p}", hint="give a TREC run file")
+    yield qid, docs
 
 
 def group_by_query(run: Iterable[ScoredDoc]) -> dict[str, list[ScoredDoc]]:

@@ -71,13 +71,17 @@ class DocStore:
         return [row[0] for row in self._rows("SELECT doc_id FROM docs ORDER BY doc_id")]
 
     def get_many(self, doc_ids: Sequence[str]) -> dict[str, Document]:
-        out: dict[str, Document] = {}
+        return {row[0]: Document(*row) for row in self._in(doc_ids, "doc_id, text, title")}
+
+    def has_many(self, doc_ids: Sequence[str]) -> set[str]:
+        """The ids of ``doc_ids`` the store holds (without reading their texts)."""
+        return {row[0] for row in self._in(doc_ids, "doc_id")}
+
+    def _in(self, doc_ids: Sequence[str], columns: str) -> Iterator[tuple]:
         for i in range(0, len(doc_ids), 500):
             chunk = list(doc_ids[i : i + 500])
             marks = ",".join("?" * len(chunk))
-            for row in self._rows(f"SELECT doc_id, text, title FROM docs WHERE doc_id IN ({marks})", chunk):
-                out[row[0]] = Document(*row)
-        return out
+            yield from self._rows(f"SELECT {columns} FROM docs WHERE doc_id IN ({marks})", chunk)
 
     def __iter__(self) -> Iterator[Document]:
         try:

@@ -100,11 +100,19 @@ def test_tsv_topics(tmp_path):
     assert out.read_text(encoding="utf-8") == "a01\tБардык адамдар эркин.\na02\tЭч ким\n"
 
 
+def test_tsv_topics_with_a_language_column(tmp_path):
+    p = write(tmp_path / "t.tsv", "a01\tБардык адамдар эркин.\tkir\na02\tHer insan\ttr\na03\tEveryone\n")
+    got = read_tsv_topics(p, "en")
+    assert [q.lang for q in got] == ["ky", "tr", "en"]  # the column wins; --lang serves lines without one
+    assert [q.lang for q in read_tsv_topics(p)] == ["ky", "tr", ""]
+
+
 @pytest.mark.parametrize(
     "text, line, problem",
     [
         ("q1 no tab\n", 1, "1 tab-separated fields"),
-        ("q1\ta\tb\n", 1, "3 tab-separated fields"),
+        ("q1\ta\tb\tc\n", 1, "4 tab-separated fields"),
+        ("q1\ta\tbq\n", 1, "unknown language code 'bq'"),
         ("q1\t   \n", 1, "has no text"),
         ("q1\tx\nq1\ty\n", 2, "duplicate query id"),
         ("q 1\tx\n", 1, "bad query id"),
