@@ -219,7 +219,7 @@ class Report:
     depth: int
     batch_pairs: int
     missing: str
-    seconds: float
+    seconds: float  # from the first chunk read to the last line written
     tally: Tally
     modules: dict[str, list[str]]
     topics_without_lines: int = 0
@@ -287,12 +287,15 @@ def rerank_run_local(
     tally = Tally()
     langs: set[str] = set()
     start = time.perf_counter()
+    scoring = 0.0
     with (
         atomic_write(out, overwrite) as f,
         tqdm(total=n_queries, desc="reranking the run", unit="query", disable=not progress) as bar,
     ):
         for chunk in chunks(run, topics, scorer.depth, batch_pairs):
+            t0 = time.perf_counter()
             lines, t = scorer.score(chunk)
+            scoring += time.perf_counter() - t0
             f.writelines(lines)
             tally.add(t)
             langs.add(chunk.lang)
@@ -309,6 +312,7 @@ def rerank_run_local(
         tally,
         module_plan(scorer.pipe, langs),
         topics_without_lines=len(topics) - n_queries,
+        extra={"scoring_seconds": round(scoring, 3)},
     )
 
 

@@ -125,12 +125,14 @@ class _Rerank:
         self.scorer = ChunkScorer(index, settings, missing=missing, tag=tag)
 
     def __call__(self, batch: dict) -> dict:
-        lines_col, tally_col = [], []
+        lines_col, tally_col, t0_col, t1_col = [], [], [], []
         for payload, texts, present in zip(batch["payload"], batch["texts"], batch["present"], strict=True):
+            t0_col.append(time.time())
             lines, tally = self.scorer.score(Chunk.from_json(payload), json.loads(texts), set(json.loads(present)))
+            t1_col.append(time.time())
             lines_col.append("".join(lines))
             tally_col.append(json.dumps(asdict(tally)))
-        return {"order": batch["order"], "lines": lines_col, "tally": tally_col}
+        return {"order": batch["order"], "lines": lines_col, "tally": tally_col, "t0": t0_col, "t1": t1_col}
 
 
 def _stage(run, topics, depth: int, batch_pairs: int, tmp: Path, workers: int) -> tuple[list[Path], list[str]]:
@@ -170,9 +172,10 @@ def _stage(run, topics, depth: int, batch_pairs: int, tmp: Path, workers: int) -
     return parts, list(files)
 
 
-def _in_run_order(rows, tmp: Path, n_langs: int):
+def _in_run_order(rows, tmp: Path, n_langs: int, span: list[float]):
     """The actors' output arrives language by language, each in run order; the run's order is their merge by
-    chunk number, made from one spill file a language (bounded memory)."""
+    chunk number, made from one spill file a language (bounded memory). ``span`` becomes [first start, last end]
+    of the actors' scoring (wall clock)."""
     spills = [open(tmp / f"out.{n}.jsonl", "w+", encoding="utf-8") for n in range(n_langs)]
     try:
         current, last = 0, -1
@@ -182,6 +185,7 @@ def _in_run_order(rows, tmp: Path, n_langs: int):
                 current += 1  # the next language's chunks begin
             last = order
             spills[current].write(json.dumps([order, row["lines"], row["tally"]], ensure_ascii=False) + "\n")
+            span[0], span[1] = min(span[0], float(row["t0"])), max(span[1], float(row["t1"]))
         for f in spills:
             f.seek(0)
         streams = [(json.loads(line) for line in f) for f in spills]
@@ -260,8 +264,9 @@ def rerank_run_ray(
                 num_gpus=opts.gpus_per_worker or None,
             )
             tally = Tally()
+            span = [math.inf, -math.inf]
             with atomic_write(out, overwrite) as f:
-                for lines, t in _in_run_order(ds.iter_rows(), Path(tmp), len(langs)):
+                for lines, t in _in_run_order(ds.iter_rows(), Path(tmp), len(langs), span):
                     f.write(lines)
                     tally.add(t)
         seconds = time.perf_counter() - start
@@ -280,5 +285,9 @@ def rerank_run_ray(
         tally,
         used,
         topics_without_lines=len(topics) - n_queries,
-        extra={"address": opts.address or "local", "cpus_per_worker": opts.cpus_per_worker},
+        extra={
+            "address": opts.address or "local",
+            "cpus_per_worker": opts.cpus_per_worker,
+            "scoring_seconds": round(max(0.0, span[1] - span[0]), 3),
+        },
     )

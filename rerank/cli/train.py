@@ -296,6 +296,15 @@ def task(
     model: Annotated[Path | None, typer.Option("--model", help="Backbone [default: embedded e5-small].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            min=1,
+            help="Data-parallel over this many processes (torch.distributed, gloo): each takes an equal share of "
+            "every step's --batch-queries, gradients are averaged.",
+        ),
+    ] = 1,
 ) -> None:
     """Train a ranking task module (with its cross-encoder head) on top of a frozen language module."""
     from rerank.modules.format import module_size, parse_density
@@ -308,6 +317,13 @@ def task(
         raise RerankError(
             f"{batch_queries} queries × {1 + negatives} documents × {max_length} tokens per step would not fit here",
             hint="fewer --batch-queries or --negatives, or a shorter --max-length",
+        )
+    if processes > 1 and batch_queries % processes:
+        from rerank.errors import RerankError
+
+        raise RerankError(
+            f"--batch-queries {batch_queries} does not split into {processes} equal shares",
+            hint=f"make it a multiple of --processes, e.g. {processes * max(1, batch_queries // processes)}",
         )
     if lang_module is None and head == "plain":  # the residual recipe trains on the bare backbone by design
         from rerank.errors import warn
@@ -338,10 +354,12 @@ def task(
         hard_fraction=hard_fraction,
         select=select,
     )
-    m = train_task_module(
-        pairs_file,
-        out_dir,
-        cfg,
+    from rerank.training.distributed import launch
+
+    kwargs = dict(
+        pairs_path=pairs_file,
+        out=out_dir,
+        cfg=cfg,
         source_lang=source_lang,
         lang_module=lang_module,
         model=model,
@@ -349,6 +367,11 @@ def task(
         progress=not quiet,
         dev_topics=dev_topics,
     )
+    m = launch(train_task_module, kwargs, processes)
+    if m is None:
+        from rerank.modules.format import load_module
+
+        m = load_module(out_dir)
     r = m.config.recipe
     out.print(
         f"wrote {out_dir}: {kind} task module ({loss}), {len(m):,} numbers + head, {module_size(out_dir):,} bytes; "

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from rerank.errors import RerankError
+from rerank.training import distributed as dist
 
 
 @dataclass
@@ -103,14 +104,20 @@ def train(
     try:
         while step < cfg.max_steps:
             opt.zero_grad(set_to_none=True)
-            total = 0.0
+            total, step_tokens = 0.0, 0
             for micro in range(cfg.grad_accum):
                 loss, tokens = step_loss(step * cfg.grad_accum + micro)
-                if not torch.isfinite(loss):
+                if not dist.distributed() and not torch.isfinite(loss):
                     raise RerankError(f"the loss became {float(loss)} at step {step}", hint="lower --lr")
                 (loss / cfg.grad_accum).backward()
                 total += float(loss.detach()) / cfg.grad_accum
-                log.tokens += tokens
+                step_tokens += tokens
+            if dist.distributed():  # every process's share of the batch: the mean loss, the summed tokens
+                dist.average_grads(plist)
+                total, step_tokens = dist.mean(total), int(dist.total(step_tokens))
+                if not math.isfinite(total):
+                    raise RerankError(f"the loss became {total} at step {step}", hint="lower --lr")
+            log.tokens += step_tokens
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(plist, cfg.clip)
             opt.step()
@@ -124,11 +131,9 @@ def train(
                 log.train_loss.append((step, sum(window) / len(window)))
                 window = []
             if dev is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                value = dev()
-                if isinstance(value, tuple):
-                    value, info = value
+                value, info = _evaluate(dev)
+                if info is not None:
                     log.dev_info.append((step, info))
-                value = float(value)
                 log.dev.append((step, value))
                 if log.best_dev is None or value < log.best_dev:
                     log.best_dev, bad_evals = value, 0
@@ -140,8 +145,9 @@ def train(
                         break
             if checkpoint_dir is not None and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 log.steps = step
-                _save_checkpoint(checkpoint_dir / "checkpoint", names, plist, opt, sched, log, step, best)
-            if cfg.time_budget is not None and log.seconds >= cfg.time_budget:
+                if dist.is_main():
+                    _save_checkpoint(checkpoint_dir / "checkpoint", names, plist, opt, sched, log, step, best)
+            if cfg.time_budget is not None and dist.from_main(lambda: log.seconds >= cfg.time_budget):
                 log.stopped = f"time budget of {cfg.time_budget:.0f} s reached at step {step}"
                 break
     finally:
@@ -153,6 +159,20 @@ def train(
             for n, p in zip(names, plist, strict=True):
                 p.copy_(best[n])
     return log
+
+
+def _evaluate(dev) -> tuple[float, dict | None]:
+    """(figure, other figures or None) of ``dev()``; with several processes, run on rank 0 and the figure given
+    to all (the other figures stay on rank 0, which writes the log)."""
+    kept: dict = {}
+
+    def run() -> float:
+        value = dev()
+        if isinstance(value, tuple):
+            value, kept["info"] = value
+        return float(value)
+
+    return dist.from_main(run), kept.get("info")
 
 
 SESSIONS_FILE = "sessions.json"

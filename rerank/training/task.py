@@ -27,6 +27,7 @@ import torch
 
 from rerank.errors import RerankError
 from rerank.modules import kinds
+from rerank.training import distributed as dist
 from rerank.training.fit import fit_module, sha256_file
 from rerank.training.loop import LoopConfig
 
@@ -193,9 +194,11 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     base = getattr(model, model.base_model_prefix)
     feats = torch.zeros(len(ids), model.config.hidden_size)
+    mine = list(range(dist.WORLD.rank, len(ids), dist.WORLD.size))  # this process's rows (all, in one process)
     model.eval()
-    with torch.no_grad(), tqdm(total=len(ids), desc="head probe: features", unit="pair", disable=not progress) as bar:
-        for b in length_sorted_batches([len(x) for x in ids], 4096):
+    with torch.no_grad(), tqdm(total=len(mine), desc="head probe: features", unit="pair", disable=not progress) as bar:
+        for part in length_sorted_batches([len(ids[i]) for i in mine], 4096):
+            b = [mine[i] for i in part]
             t, m = pad_batch([ids[i] for i in b], pad)
             inputs = {"input_ids": torch.from_numpy(t), "attention_mask": torch.from_numpy(m)}
             if types is not None:
@@ -205,6 +208,8 @@ def probe_head(model, tok, rows: list[dict], cfg, head: list, progress: bool) ->
             else:
                 feats[torch.as_tensor(b)] = base(**inputs)[0][:, 0].float()
             bar.update(len(b))
+    if dist.distributed():
+        dist.sum_tensor(feats)  # each process computed its share of the rows: every process gets all of them
     feats = feats.view(len(take), n, -1)
     prior = group_prior(take, cfg.negatives) if is_res else None
     teacher = None
@@ -384,7 +389,7 @@ def train_task_module(
         take = orders[epoch][k * plain : (k + 1) * plain]
         if hard:
             take += random.Random(cfg.seed * 7_919 + i).choices(range(len(train_rows)), weights=weights, k=hard)
-        return [train_rows[j] for j in take]
+        return dist.shard([train_rows[j] for j in take], what="--batch-queries")  # this process's share
 
     def step_loss(i: int, extra=None):
         b = batch(i)
@@ -421,23 +426,25 @@ def train_task_module(
     if resumed:
         mrr_before, probe, mrr_probed = resumed["dev_mrr_before"], resumed["probe"], resumed["dev_mrr_after_probe"]
         resumed["sessions"] = int(resumed.get("sessions", 1)) + 1
-        _save_work_state(work, resumed, head)
+        if dist.is_main():
+            _save_work_state(work, resumed, head)
     else:
-        mrr_before = dev_mrr()
+        mrr_before = dist.from_main(dev_mrr)
         probe = None
         if cfg.probe_queries:  # LP-FT: the new head first learns on the frozen encoder's features
             probe = probe_head(net, tok, train_rows, cfg, list(head.values()), progress)
-        mrr_probed = dev_mrr() if probe else None
-        _save_work_state(
-            work,
-            {
-                "dev_mrr_before": mrr_before,
-                "probe": probe,
-                "dev_mrr_after_probe": mrr_probed,
-                "setup_seconds": round(time.perf_counter() - started, 1),
-            },
-            head,
-        )
+        mrr_probed = dist.from_main(dev_mrr) if probe else None
+        if dist.is_main():
+            _save_work_state(
+                work,
+                {
+                    "dev_mrr_before": mrr_before,
+                    "probe": probe,
+                    "dev_mrr_after_probe": mrr_probed,
+                    "setup_seconds": round(time.perf_counter() - started, 1),
+                },
+                head,
+            )
     lr = cfg.lr or TASK_LR[cfg.kind]
     loop = LoopConfig(
         max_steps=cfg.max_steps,
@@ -495,6 +502,9 @@ def train_task_module(
         progress=progress,
     )
     log, net = trained.log, trained.model
+    if not dist.is_main():
+        return None  # rank 0 checks and writes the module
+    recipe["processes"] = dist.WORLD.size
     if residual:
         head = {n: p for n, p in net.named_parameters() if strip_base_prefix(n).startswith(res.PREFIX)}
     extras = {strip_base_prefix(n): p.detach().float().clone() for n, p in head.items()}

@@ -1,0 +1,95 @@
+"""Data-parallel training (``--processes N``): two processes at the same global batch train what one does."""
+
+import json
+
+import pytest
+import torch
+
+from rerank.errors import RerankError
+
+pytestmark = pytest.mark.java
+
+
+@pytest.fixture(scope="module")
+def pairs_file(udhr_dir, tmp_path_factory):
+    from rerank.training.pairs import make_pairs
+
+    out = tmp_path_factory.mktemp("pairs") / "train.jsonl"
+    make_pairs(udhr_dir / "docs.en.jsonl", out, lang="en", method="ict", negatives=3, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def still_bert(e5_dir, tmp_path_factory):
+    """The tiny BERT without dropout: its training is then a function of the data alone, so one process and two
+    can be compared step for step (with dropout each process would draw its own masks)."""
+    from tests.conftest import make_tiny_bert
+
+    out = make_tiny_bert(tmp_path_factory.mktemp("tiny") / "still-bert", e5_dir, seed=1)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def tensors(folder):
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out |= {f"{f.name}:{k}": v for k, v in load_file(str(f)).items()}
+    return out
+
+
+def test_two_processes_train_what_one_does_at_the_same_global_batch(pairs_file, still_bert, tmp_path):
+    from rerank.training.distributed import launch
+    from rerank.training.task import TaskConfig, train_task_module
+
+    cfg = TaskConfig(
+        kind="shira",  # its mask is chosen from gradients: they too must be averaged over the processes
+        loss="listwise",
+        max_steps=20,
+        batch_queries=4,
+        negatives=3,
+        max_length=64,
+        eval_every=10,
+        patience=None,
+        probe_queries=8,  # the head probe's features are computed half in each process
+        probe_epochs=1,
+    )
+    kw = dict(pairs_path=pairs_file, cfg=cfg, model=still_bert, progress=False)
+    one = train_task_module(out=tmp_path / "one", **kw)
+    assert launch(train_task_module, {**kw, "out": tmp_path / "two"}, 2) is None  # rank 0 wrote it
+    a = one.config.recipe
+    b = json.loads((tmp_path / "two" / "module_config.json").read_text())["recipe"]
+    assert (a["processes"], b["processes"]) == (1, 2) and b["steps"] == 20
+    assert b["probe"]["loss_per_epoch"] == pytest.approx(a["probe"]["loss_per_epoch"], abs=1e-4)
+    assert [s for s, _ in b["train_loss"]] == [s for s, _ in a["train_loss"]] == [10, 20]
+    assert [v for _, v in b["train_loss"]] == pytest.approx([v for _, v in a["train_loss"]], abs=1e-4)  # the curve
+    assert [v for _, v in b["dev_loss"]] == pytest.approx([v for _, v in a["dev_loss"]], abs=1e-4)
+    assert b["tokens"] == a["tokens"]
+    ta, tb = tensors(tmp_path / "one"), tensors(tmp_path / "two")
+    assert ta.keys() == tb.keys() and ta
+    for k in ta:
+        if k.endswith("classifier.bias"):
+            # a listwise loss does not depend on a score offset: this bias's true gradient is 0, its float noise
+            # is all Adam sees and scales up to full-size steps, in either run
+            continue
+        if ta[k].dtype.is_floating_point:
+            torch.testing.assert_close(tb[k], ta[k], atol=2e-4, rtol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            assert torch.equal(tb[k], ta[k]), k  # the same entries chosen by the same mask
+
+
+def test_a_batch_that_does_not_split_is_one_line(cli, pairs_file, still_bert, tmp_path):
+    from rerank.training.distributed import shard
+
+    assert shard([1, 2, 3]) == [1, 2, 3]  # one process: the whole batch
+    args = ["train", "task", "--pairs", pairs_file, "--model", still_bert, "--out", tmp_path / "t"]
+    code, _, stderr = cli(*args, "--batch-queries", 3, "--processes", 2, "--max-steps", 2)
+    assert code == 2 and "--batch-queries 3 does not split into 2 equal shares" in stderr
+    assert stderr.count("\n") == 1
+    with pytest.raises(RerankError, match="--processes must be ≥ 1"):
+        from rerank.training.distributed import launch
+
+        launch(print, {}, 0)
