@@ -97,6 +97,27 @@ def reranker_fields(
     )
 
 
+# `--processes`, as `rerank train task` and `rerank train lang` take it (rerank.training.distributed)
+ProcessesOption = Annotated[
+    int,
+    typer.Option(
+        "--processes",
+        min=1,
+        help="Data-parallel over this many processes (torch.distributed, gloo): each takes an equal share of "
+        "every step's batch, gradients are averaged; only the first writes.",
+    ),
+]
+
+
+def check_split(batch: int, processes: int, flag: str) -> None:
+    """A batch that does not split into equal shares over the processes is refused before anything starts."""
+    if processes > 1 and batch % processes:
+        raise RerankError(
+            f"{flag} {batch} does not split into {processes} equal shares",
+            hint=f"make it a multiple of --processes, e.g. {processes * max(1, batch // processes)}",
+        )
+
+
 # A pipe or a file gets a fixed width of 120 columns instead of rich's 80, so tables keep their snippets.
 ARGV: list[str] = []  # the arguments of this invocation (set by main), to record how outputs were made
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rerank.cli._common import out, user_errors
+from rerank.cli._common import ProcessesOption, check_split, out, user_errors
 from rerank.modules.kinds import names as kind_names
 
 app = typer.Typer(help="Train composable modules.", no_args_is_help=True)
@@ -48,6 +48,7 @@ def lang(
     model: Annotated[Path | None, typer.Option("--model", help="Backbone [default: embedded e5-small].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Train a language module by masked-language modelling (resumes from <out>.work/ if interrupted)."""
 
@@ -82,7 +83,15 @@ def lang(
         patience=patience or None,
         seed=seed,
     )
-    m = train_language_module(language, text, out_dir, cfg, model=model, overwrite=overwrite, progress=not quiet)
+    check_split(batch_size, processes, "--batch-size")
+    from rerank.training.distributed import launch
+
+    kwargs = dict(lang=language, text_files=text, out=out_dir, cfg=cfg, model=model, overwrite=overwrite)
+    m = launch(train_language_module, {**kwargs, "progress": not quiet}, processes)
+    if m is None:
+        from rerank.modules.format import load_module
+
+        m = load_module(out_dir)
     r = m.config.recipe
     out.print(
         f"wrote {out_dir}: {kind} language module for {m.config.language}, {len(m):,} numbers, "
@@ -296,15 +305,7 @@ def task(
     model: Annotated[Path | None, typer.Option("--model", help="Backbone [default: embedded e5-small].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    processes: Annotated[
-        int,
-        typer.Option(
-            "--processes",
-            min=1,
-            help="Data-parallel over this many processes (torch.distributed, gloo): each takes an equal share of "
-            "every step's --batch-queries, gradients are averaged.",
-        ),
-    ] = 1,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Train a ranking task module (with its cross-encoder head) on top of a frozen language module."""
     from rerank.modules.format import module_size, parse_density
@@ -318,13 +319,7 @@ def task(
             f"{batch_queries} queries × {1 + negatives} documents × {max_length} tokens per step would not fit here",
             hint="fewer --batch-queries or --negatives, or a shorter --max-length",
         )
-    if processes > 1 and batch_queries % processes:
-        from rerank.errors import RerankError
-
-        raise RerankError(
-            f"--batch-queries {batch_queries} does not split into {processes} equal shares",
-            hint=f"make it a multiple of --processes, e.g. {processes * max(1, batch_queries // processes)}",
-        )
+    check_split(batch_queries, processes, "--batch-queries")
     if lang_module is None and head == "plain":  # the residual recipe trains on the bare backbone by design
         from rerank.errors import warn
 

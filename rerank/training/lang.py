@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from rerank.modules import kinds
+from rerank.training import distributed as dist
 from rerank.training.fit import default_lr, fit_module, sha256_file
 from rerank.training.loop import LoopConfig, open_session, train
 
@@ -100,11 +101,19 @@ def train_language_module(
     emb = encoder.embeddings.word_embeddings
     head = MLMHead(encoder.config.hidden_size, emb, vocab, eps=encoder.config.layer_norm_eps)
     work = Path(work_dir) if work_dir else Path(f"{out}.work")
-    session, earlier_seconds = open_session(work)
+    session, earlier_seconds = open_session(work) if dist.is_main() else (1, 0.0)
 
     def step_loss(i: int):
         b = batches.batch(i)
-        return mlm_loss(encoder, head, b), int(b["attention_mask"].sum())
+        if not dist.distributed():
+            return mlm_loss(encoder, head, b), int(b["attention_mask"].sum())
+        # this process's share of the sequences; its mean loss weighted by its share of the masked tokens, so
+        # that the processes' average is the mean over the whole batch's masked tokens, as in one process
+        rows = dist.shard(range(b["input_ids"].shape[0]), what="--batch-size")
+        b = {k: v[rows] for k, v in b.items()}
+        mine = int((b["labels"] >= 0).sum())
+        weight = mine * dist.WORLD.size / max(1.0, dist.total(mine))
+        return mlm_loss(encoder, head, b) * weight, int(b["attention_mask"].sum())
 
     def dev() -> float:
         encoder.eval()
@@ -128,7 +137,7 @@ def train_language_module(
     )
     for p in head.parameters():
         p.requires_grad_(False)
-    dev_before = dev()
+    dev_before = dist.from_main(dev)
     lr = cfg.lr or default_lr(cfg.kind)
     budget = None if cfg.time_budget is None else max(1.0, cfg.time_budget - (time.perf_counter() - started))
     loop = LoopConfig(max_steps=cfg.max_steps, lr=lr, time_budget=budget, patience=cfg.patience, **base_cfg)
@@ -167,6 +176,9 @@ def train_language_module(
         progress=progress,
     )
     log = trained.log
+    if not dist.is_main():
+        return None  # rank 0 writes the module
+    recipe["processes"] = dist.WORLD.size
     module = Module(ModuleConfig(kind=cfg.kind, **common, **trained.fields), trained.payload)
     recipe.update(
         steps=log.steps,

@@ -93,3 +93,19 @@ def test_a_batch_that_does_not_split_is_one_line(cli, pairs_file, still_bert, tm
         from rerank.training.distributed import launch
 
         launch(print, {}, 0)
+
+
+def test_a_language_module_trains_alike_in_two_processes(udhr_dir, still_bert, tmp_path):
+    from rerank.training.distributed import launch
+    from rerank.training.lang import LangConfig, train_language_module
+
+    cfg = LangConfig(kind="shira", max_steps=10, head_steps=2, seq_len=64, batch_size=4, eval_every=5, patience=None)
+    kw = dict(lang="en", text_files=[udhr_dir / "docs.en.jsonl"], cfg=cfg, model=still_bert, progress=False)
+    a = train_language_module(out=tmp_path / "one", **kw).config.recipe
+    assert launch(train_language_module, {**kw, "out": tmp_path / "two"}, 2) is None
+    b = json.loads((tmp_path / "two" / "module_config.json").read_text())["recipe"]
+    assert (a["processes"], b["processes"]) == (1, 2) and b["tokens"] == a["tokens"]
+    # each process's loss is weighted by its share of the masked tokens: the mean over the whole batch
+    assert [v for _, v in b["train_loss"]] == pytest.approx([v for _, v in a["train_loss"]], abs=1e-3)
+    assert [v for _, v in b["dev_loss"]] == pytest.approx([v for _, v in a["dev_loss"]], abs=1e-3)
+    assert b["dev_loss_before"] == a["dev_loss_before"]
