@@ -66,34 +66,31 @@ MaxLengthOption = Annotated[
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda [default: cuda if present].")]
 
 
-def reranker_fields(
-    *,
-    reranker,
-    model,
-    dense_model,
-    modules,
-    module_density,
-    module_rank,
-    first_stage_weight,
-    max_length,
-    device,
-    precision,
-) -> dict:
-    """The :class:`~rerank.pipeline.SearchSettings` fields the reranker options give."""
+RERANKER_OPTIONS = (
+    "reranker",
+    "model",
+    "dense_model",
+    "modules",
+    "module_density",
+    "module_rank",
+    "first_stage_weight",
+    "max_length",
+    "device",
+    "precision",
+)
+
+
+def reranker_fields(options: dict) -> dict:
+    """The :class:`~rerank.pipeline.SearchSettings` fields that a command's reranker options give (``options``:
+    the command's arguments by name, e.g. its ``locals()``)."""
     from rerank.modules.format import parse_density
     from rerank.pipeline import parse_modules
 
-    return dict(
-        reranker=reranker,
-        model=model,
-        dense_model=dense_model,
-        device=device,
-        max_length=max_length,
-        modules=parse_modules(modules),
-        module_density=parse_density(module_density) if module_density else None,
-        module_rank=module_rank,
-        first_stage_weight=first_stage_weight.strip().lower() or "auto",
-        precision=precision,
+    o = {name: options[name] for name in RERANKER_OPTIONS}
+    return o | dict(
+        modules=parse_modules(o["modules"]),
+        module_density=parse_density(o["module_density"]) if o["module_density"] else None,
+        first_stage_weight=o["first_stage_weight"].strip().lower() or "auto",
     )
 
 

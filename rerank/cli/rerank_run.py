@@ -104,18 +104,7 @@ def rerank_run(
     queries = topics_map(read_topics(topics, topics_format, lang, field), lang)
     settings = SearchSettings(
         depth=depth,
-        **reranker_fields(
-            reranker=reranker,
-            model=model,
-            dense_model=dense_model,
-            modules=modules,
-            module_density=module_density,
-            module_rank=module_rank,
-            first_stage_weight=first_stage_weight,
-            max_length=max_length,
-            device=device,
-            precision=precision,
-        ),
+        **reranker_fields(locals()),
     )
     if engine == "local":
         scorer = ChunkScorer(index, settings, missing=missing, tag=tag)

@@ -120,18 +120,7 @@ def search(
         fusion_k=fusion_k,
         fusion_weights=weights,
         analyzer=analyzer,
-        **reranker_fields(
-            reranker=reranker,
-            model=model,
-            dense_model=dense_model,
-            modules=modules,
-            module_density=module_density,
-            module_rank=module_rank,
-            first_stage_weight=first_stage_weight,
-            max_length=max_length,
-            device=device,
-            precision=precision,
-        ),
+        **reranker_fields(locals()),
     )
     pipe = Pipeline(index, settings)
     try:
