@@ -147,7 +147,7 @@ class ChunkScorer:
 
     def texts(self, chunk: Chunk) -> dict[str, str]:
         """The documents of the chunk's reranked depth that the index has: id → text."""
-        wanted = list(dict.fromkeys(d for q in chunk.queries for d, _ in _ordered(q[3])[: self.depth]))
+        wanted = list(dict.fromkeys(d for q in chunk.queries for d, _ in ordered_lines(q[3])[: self.depth]))
         return {d: doc.contents for d, doc in self.pipe.bm25.docstore.get_many(wanted).items()}
 
     def present(self, chunk: Chunk) -> set[str]:
@@ -167,7 +167,7 @@ class ChunkScorer:
         tally = Tally()
         queries, top, rest = [], {}, {}
         for qid, text, lang, lines in chunk.queries:
-            ordered = _ordered(lines)
+            ordered = ordered_lines(lines)
             head, tail = ordered[: self.depth], ordered[self.depth :]
             absent = [d for d, _ in ordered if d not in have]
             tally.queries += 1
@@ -204,7 +204,7 @@ class ChunkScorer:
         self.pipe.close()
 
 
-def _ordered(lines) -> list[tuple[str, float]]:
+def ordered_lines(lines) -> list[tuple[str, float]]:
     """One query's run lines by score, highest first, ties in file order (as :func:`strict_order` breaks them)."""
     return [lines[i] for i in sorted(range(len(lines)), key=lambda i: (-lines[i][1], i))]
 

@@ -94,7 +94,7 @@ def reranker_fields(options: dict) -> dict:
     )
 
 
-# `--processes`, as `rerank train task` and `rerank train lang` take it (rerank.training.distributed)
+# `--processes`, as `rerank train task` and `rerank train lang` take it (rerank.distributed)
 ProcessesOption = Annotated[
     int,
     typer.Option(

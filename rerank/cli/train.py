@@ -84,7 +84,7 @@ def lang(
         seed=seed,
     )
     check_split(batch_size, processes, "--batch-size")
-    from rerank.training.distributed import launch
+    from rerank.distributed import launch
 
     kwargs = dict(lang=language, text_files=text, out=out_dir, cfg=cfg, model=model, overwrite=overwrite)
     m = launch(train_language_module, {**kwargs, "progress": not quiet}, processes)
@@ -349,7 +349,7 @@ def task(
         hard_fraction=hard_fraction,
         select=select,
     )
-    from rerank.training.distributed import launch
+    from rerank.distributed import launch
 
     kwargs = dict(
         pairs_path=pairs_file,

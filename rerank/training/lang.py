@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from rerank import distributed as dist
 from rerank.modules import kinds
-from rerank.training import distributed as dist
 from rerank.training.fit import default_lr, fit_module, sha256_file
 from rerank.training.loop import LoopConfig, open_session, train
 

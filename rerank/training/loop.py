@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from rerank import distributed as dist
 from rerank.errors import RerankError
-from rerank.training import distributed as dist
 
 
 @dataclass

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from rerank import distributed as dist
 from rerank.errors import RerankError
 from rerank.modules import kinds
-from rerank.training import distributed as dist
 from rerank.training.fit import fit_module, sha256_file
 from rerank.training.loop import LoopConfig
 

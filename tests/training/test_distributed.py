@@ -42,7 +42,7 @@ def tensors(folder):
 
 
 def test_two_processes_train_what_one_does_at_the_same_global_batch(pairs_file, still_bert, tmp_path):
-    from rerank.training.distributed import launch
+    from rerank.distributed import launch
     from rerank.training.task import TaskConfig, train_task_module
 
     cfg = TaskConfig(
@@ -82,7 +82,7 @@ def test_two_processes_train_what_one_does_at_the_same_global_batch(pairs_file, 
 
 
 def test_a_batch_that_does_not_split_is_one_line(cli, pairs_file, still_bert, tmp_path):
-    from rerank.training.distributed import shard
+    from rerank.distributed import shard
 
     assert shard([1, 2, 3]) == [1, 2, 3]  # one process: the whole batch
     args = ["train", "task", "--pairs", pairs_file, "--model", still_bert, "--out", tmp_path / "t"]
@@ -90,13 +90,13 @@ def test_a_batch_that_does_not_split_is_one_line(cli, pairs_file, still_bert, tm
     assert code == 2 and "--batch-queries 3 does not split into 2 equal shares" in stderr
     assert stderr.count("\n") == 1
     with pytest.raises(RerankError, match="--processes must be ≥ 1"):
-        from rerank.training.distributed import launch
+        from rerank.distributed import launch
 
         launch(print, {}, 0)
 
 
 def test_a_language_module_trains_alike_in_two_processes(udhr_dir, still_bert, tmp_path):
-    from rerank.training.distributed import launch
+    from rerank.distributed import launch
     from rerank.training.lang import LangConfig, train_language_module
 
     cfg = LangConfig(kind="shira", max_steps=10, head_steps=2, seq_len=64, batch_size=4, eval_every=5, patience=None)

@@ -377,7 +377,7 @@ class Sparse(Kind):
         for i in range(8):
             loss, _ = ctx.step_loss(10_000_000 + i)
             loss.backward()
-        from rerank.training import distributed
+        from rerank import distributed
 
         distributed.average_grads(weights.values())  # each process saw its share: the same mask everywhere
         scores = {n: w.grad.detach().abs() for n, w in weights.items()}
