@@ -342,7 +342,9 @@ class Sparse(Kind):
             loop = replace(loop, max_steps=max(1, loop.max_steps - log1.steps))
             if loop.time_budget is not None:
                 loop.time_budget = max(1.0, loop.time_budget - log1.seconds)
-        if saved is None:
+        from rerank import distributed
+
+        if saved is None and distributed.is_main():  # one writer: with several processes, rank 0
             sparse.save_mask(ctx.work, chosen, phase1_done)
         deltas = sparse.attach(targets, chosen, rows)
         if ctx.mlm_head is not None:
