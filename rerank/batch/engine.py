@@ -145,25 +145,15 @@ class ChunkScorer:
     def depth(self) -> int:
         return self.pipe.depth
 
-    def texts(self, chunk: Chunk) -> dict[str, str]:
-        """The documents of the chunk's reranked depth that the index has: id → text."""
-        wanted = list(dict.fromkeys(d for q in chunk.queries for d, _ in ordered_lines(q[3])[: self.depth]))
-        return {d: doc.contents for d, doc in self.pipe.bm25.docstore.get_many(wanted).items()}
-
-    def present(self, chunk: Chunk) -> set[str]:
-        """Every document id of the chunk the index has (the tail too: missing lines are counted wherever)."""
-        ids = list(dict.fromkeys(d for q in chunk.queries for d, _ in q[3]))
-        return self.pipe.bm25.docstore.has_many(ids)
-
     def score(
         self, chunk: Chunk, texts: Mapping[str, str] | None = None, have: set[str] | None = None
     ) -> tuple[list[str], Tally]:
         """The chunk's TREC lines (strict order, every query in run order) and its tally. ``texts`` and ``have``
-        (what :meth:`texts` and :meth:`present` return) when a join stage read them already."""
+        (what :func:`join_chunk` returns) when a join stage read them already."""
         from rerank.collections.trec import strict_order
 
-        texts = self.texts(chunk) if texts is None else texts
-        have = self.present(chunk) if have is None else have
+        if texts is None or have is None:
+            texts, have = join_chunk(self.pipe.bm25.docstore, chunk, self.depth)
         tally = Tally()
         queries, top, rest = [], {}, {}
         for qid, text, lang, lines in chunk.queries:
@@ -202,6 +192,15 @@ class ChunkScorer:
 
     def close(self) -> None:
         self.pipe.close()
+
+
+def join_chunk(store, chunk: Chunk, depth: int) -> tuple[dict[str, str], set[str]]:
+    """What a chunk needs from the index's store: the texts of the documents within its reranked ``depth`` that
+    the store has (id → text), and every one of its document ids the store has (the tail too: missing lines are
+    counted wherever they are)."""
+    head = list(dict.fromkeys(d for q in chunk.queries for d, _ in ordered_lines(q[3])[:depth]))
+    every = list(dict.fromkeys(d for q in chunk.queries for d, _ in q[3]))
+    return {d: doc.contents for d, doc in store.get_many(head).items()}, store.has_many(every)
 
 
 def ordered_lines(lines) -> list[tuple[str, float]]:

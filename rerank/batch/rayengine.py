@@ -98,18 +98,16 @@ def _join(batch: dict, index: str, depth: int) -> dict:
     """The join stage: each chunk's document texts (within the reranked depth) and which of its documents the
     index has, read from the index's store. A light task (it asks no CPU of its own, so that it never waits
     behind the actors holding every CPU)."""
-    from rerank.batch.engine import ordered_lines
+    from rerank.batch.engine import join_chunk
     from rerank.indexes.docstore import DocStore
 
     store = DocStore(Path(index) / "docs.sqlite")
     try:
         texts_col, present_col = [], []
         for payload in batch["payload"]:
-            chunk = Chunk.from_json(payload)
-            head = list(dict.fromkeys(d for q in chunk.queries for d, _ in ordered_lines(q[3])[:depth]))
-            every = list(dict.fromkeys(d for q in chunk.queries for d, _ in q[3]))
-            texts_col.append(json.dumps({d: doc.contents for d, doc in store.get_many(head).items()}))
-            present_col.append(json.dumps(sorted(store.has_many(every))))
+            texts, have = join_chunk(store, Chunk.from_json(payload), depth)
+            texts_col.append(json.dumps(texts))
+            present_col.append(json.dumps(sorted(have)))
     finally:
         store.close()
     return {"order": batch["order"], "payload": batch["payload"], "texts": texts_col, "present": present_col}
