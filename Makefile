@@ -14,7 +14,7 @@ INDEXES := $(foreach l,$(LANGS),indexes/udhr-$(l)/rerank-index.json)
 Q       = $$(cut -f2 data/udhr/topics.$(1).tsv | sed -n $(2)p)
 
 .PHONY: install data indexes demo test lint bench clean browser grid train-data train-text modules modules-train \
-	dev-data dev-indexes train-pairs dev-grid
+	dev-data dev-indexes train-pairs dev-grid dynamic-evidence
 
 install: $(STAMP)
 
@@ -184,6 +184,22 @@ $(TRAINED)/en-task-$(KIND)/module_config.json: $(TASK_PAIRS) | $(DATA)
 modules: $(foreach m,$(SHIP_MODS),$(m)/module_config.json)
 modules/%/module_config.json: $(TRAINED)/%/module_config.json
 	$(BIN)/rerank modules quantize $(TRAINED)/$* --bits 8 --out modules/$* --overwrite
+
+# DyLoRA's evidence (modules/README.md, "One run for every budget"): a Kyrgyz language module trained once for every
+# rank 1..8 (LoRA) and every density 0.25%..2% (SHiRA), against one run per budget on the same text with the same
+# steps, rate and MLM head; eval/dynamic_table.py prints the dev MLM loss at each budget and the training times.
+DYN_DIR  := runs/dynamic
+DYN_ARGS := --lang ky $(foreach f,$(TEXT_ky),--text $(f)) --max-steps 100 --head-steps 20 --eval-every 25 \
+	--seq-len 64 --batch-size 16 --patience 0 --overwrite --quiet
+DYN_RUN   = test -e $(DYN_DIR)/$(1)/module_config.json || $(BIN)/rerank train lang $(DYN_ARGS) $(2) --out $(DYN_DIR)/$(1)
+dynamic-evidence: | $(STAMP)
+	@$(foreach f,$(TEXT_ky),$(call NEED,$(f),monolingual ky text);) true
+	mkdir -p $(DYN_DIR)
+	$(call DYN_RUN,lora-dynamic,--kind lora --dynamic-rank 1:8)
+	for r in 1 2 4 8; do $(call DYN_RUN,lora-r$$r,--kind lora --rank $$r) || exit 1; done
+	$(call DYN_RUN,shira-dynamic,--kind shira --dynamic-density 0.25%:2%)
+	for d in 0.25 0.5 1 2; do $(call DYN_RUN,shira-d$$d,--kind shira --density $$d%) || exit 1; done
+	$(BIN)/python eval/dynamic_table.py $(DYN_DIR)
 
 # Reports are checked in a real headless browser: Debian's chromium (installed when missing and run as root,
 # as CI is; elsewhere the browser tests say they were skipped and why).

@@ -52,6 +52,53 @@ ModuleDensityOption = Annotated[
 ModuleRankOption = Annotated[
     int | None, typer.Option("--module-rank", min=1, help="Keep the first r ranks of each LoRA module.")
 ]
+# DyLoRA: one training run for a range of budgets, as `rerank train lang` and `rerank train task` take it
+DynamicRankOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dynamic-rank",
+        help="lora: train every rank LO..HI in one run (DyLoRA), e.g. 1:8; the module has rank HI and "
+        "--module-rank picks any rank of the range at load time.",
+    ),
+]
+DynamicDensityOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dynamic-density",
+        help="shira/sft: train every density LO..HI in one run (nested prefixes of the mask), e.g. 0.25%:2%; "
+        "the module has density HI and --module-density picks any density of the range at load time.",
+    ),
+]
+
+
+MosaOption = Annotated[
+    int,
+    typer.Option(
+        "--mosa",
+        min=0,
+        help="adapter: train it as K sub-adapters (its bottleneck units split K ways, one active per layer and "
+        "step), merged into one standard adapter at the end (MoSA); 0: off.",
+    ),
+]
+
+
+def dynamic_budgets(kind: str, rank: int, density: float, dynamic_rank, dynamic_density, seed: int, mosa: int = 0):
+    """(rank, density, Dynamic or None): a dynamic range's top is the module's rank or density; ``--mosa`` is
+    checked against the kind too (the training modes of rerank.training.dynamic and rerank.training.mosa)."""
+    from rerank.training.dynamic import parse
+
+    dyn = parse(kind, dynamic_rank, dynamic_density, seed)
+    if mosa:
+        from rerank.training.mosa import check
+
+        check(kind, mosa)
+    if dyn is not None and dyn.what == "rank":
+        rank = int(dyn.hi)
+    elif dyn is not None:
+        density = dyn.hi
+    return rank, density, dyn
+
+
 FirstStageWeightOption = Annotated[
     str,
     typer.Option(

@@ -30,6 +30,7 @@ def info(path: Annotated[Path, typer.Argument(help="A module folder.")]) -> None
         ("base", f"{c.base_model} {c.base_fingerprint}"),
         ("contents", what),
         ("rank", str(c.rank) if c.rank else "-"),
+        ("budgets", _budgets(c)),
         ("values", f"{c.bits} bits, blocks of {c.block}" if c.bits and c.bits < 16 else c.value_dtype),
         ("size on disk", f"{module_size(path):,} bytes"),
         ("recipe", ", ".join(f"{k}={v}" for k, v in c.recipe.items()) or "-"),
@@ -39,6 +40,16 @@ def info(path: Annotated[Path, typer.Argument(help="A module folder.")]) -> None
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         out.print(f"{k.ljust(width)}  {v}")
+
+
+def _budgets(c) -> str:
+    """What --module-rank / --module-density can choose: a dynamic module's trained range, or a truncation."""
+    if not c.dynamic:
+        return "one (smaller --module-rank/--module-density truncate it)" if c.rank or c.density else "-"
+    lo, hi = c.dynamic
+    if c.kind == "lora":
+        return f"every rank {int(lo)}..{int(hi)}, trained in one run (--module-rank)"
+    return f"every density {lo:.4%}..{hi:.4%}, trained in one run as nested prefixes (--module-density)"
 
 
 @app.command("quantize")

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from rerank.cli._common import ProcessesOption, check_split, out, user_errors
+from rerank.cli._common import (
+    DynamicDensityOption,
+    DynamicRankOption,
+    MosaOption,
+    ProcessesOption,
+    check_split,
+    dynamic_budgets,
+    out,
+    user_errors,
+)
 from rerank.modules.kinds import names as kind_names
 
 app = typer.Typer(help="Train composable modules.", no_args_is_help=True)
@@ -49,6 +58,9 @@ def lang(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     processes: ProcessesOption = 1,
+    dynamic_rank: DynamicRankOption = None,
+    dynamic_density: DynamicDensityOption = None,
+    mosa: MosaOption = 0,
 ) -> None:
     """Train a language module by masked-language modelling (resumes from <out>.work/ if interrupted)."""
 
@@ -63,10 +75,13 @@ def lang(
             f"--batch-size {batch_size} × --seq-len {seq_len} tokens per step would not fit in memory here",
             hint="use --grad-accum to reach a large batch in smaller steps",
         )
+    rank, dens, dyn = dynamic_budgets(kind, rank, parse_density(density), dynamic_rank, dynamic_density, seed, mosa)
     cfg = LangConfig(
         kind=kind,
-        density=parse_density(density),
+        density=dens,
         rank=rank,
+        dynamic=dyn,
+        mosa=mosa,
         reduction=reduction,
         mask=mask,
         embeddings=embeddings,
@@ -306,6 +321,9 @@ def task(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     processes: ProcessesOption = 1,
+    dynamic_rank: DynamicRankOption = None,
+    dynamic_density: DynamicDensityOption = None,
+    mosa: MosaOption = 0,
 ) -> None:
     """Train a ranking task module (with its cross-encoder head) on top of a frozen language module."""
     from rerank.modules.format import module_size, parse_density
@@ -324,11 +342,14 @@ def task(
         from rerank.errors import warn
 
         warn("no --lang-module: the task module learns on the bare backbone (the paper stacks it on one)")
+    rank, dens, dyn = dynamic_budgets(kind, rank, parse_density(density), dynamic_rank, dynamic_density, seed, mosa)
     cfg = TaskConfig(
         kind=kind,
         loss=loss,
-        density=parse_density(density),
+        density=dens,
         rank=rank,
+        dynamic=dyn,
+        mosa=mosa,
         reduction=reduction,
         mask=mask,
         max_steps=max_steps,

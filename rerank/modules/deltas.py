@@ -19,13 +19,17 @@ MASKS = ("random", "magnitude", "gradient")
 
 
 class SparseDelta(nn.Module):
+    """``keep``: only the first this many entries act (a dynamic budget's prefix; None: all)."""
+
     def __init__(self, idx: torch.Tensor):
         super().__init__()
         self.register_buffer("idx", idx.to(torch.long))
         self.delta = nn.Parameter(torch.zeros(idx.numel()))
+        self.keep: int | None = None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w.reshape(-1).index_add(0, self.idx, self.delta.to(w.dtype)).view_as(w)
+        idx, delta = (self.idx, self.delta) if self.keep is None else (self.idx[: self.keep], self.delta[: self.keep])
+        return w.reshape(-1).index_add(0, idx, delta.to(w.dtype)).view_as(w)
 
 
 class RowsDelta(nn.Module):
@@ -48,11 +52,14 @@ class RowsDelta(nn.Module):
         self.register_buffer("to_local", to_local)
         self.rows, self.cols = rows.numel(), cols
         self.delta = nn.Parameter(torch.zeros(idx.numel()))
+        self.keep: int | None = None  # as SparseDelta's
 
     def table(self) -> torch.Tensor:
         """(rows + 1) × cols: the delta rows, and a zero row for every other id."""
         flat = torch.zeros((self.rows + 1) * self.cols, dtype=self.delta.dtype, device=self.delta.device)
-        return flat.index_add(0, self.local, self.delta).view(self.rows + 1, self.cols)
+        k = self.keep
+        local, delta = (self.local, self.delta) if k is None else (self.local[:k], self.delta[:k])
+        return flat.index_add(0, local, delta).view(self.rows + 1, self.cols)
 
     def for_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(self.to_local[ids], self.table())
@@ -129,6 +136,7 @@ def choose(
     threshold = torch.topk(flat, k).values.min()
     for n, p in pools.items():
         pick = torch.nonzero(p >= threshold).flatten()
+        pick = pick[torch.argsort(p[pick], descending=True, stable=True)]  # most important first, as topk gives
         out[n] = pick if cands[n] is None else cands[n][pick]
     return out
 
@@ -202,12 +210,16 @@ def detach(targets: dict, deltas: dict) -> None:
             parametrize.remove_parametrizations(mod, attr, leave_parametrized=False)
 
 
-def entries(deltas: dict[str, SparseDelta]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def entries(deltas: dict[str, SparseDelta], nested: bool = False) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The module's entries: per weight, indices (int32) and values, most important (largest) first;
-    entries that stayed exactly zero are dropped."""
+    entries that stayed exactly zero are dropped. ``nested``: in the order they were trained as prefixes (a
+    dynamic budget), every entry kept, so that each trained prefix is a prefix of the stored entries."""
     out = {}
     for name, d in deltas.items():
         val = d.delta.detach().float()
+        if nested:
+            out[name] = (d.idx.to(torch.int32).clone(), val.clone())
+            continue
         order = torch.argsort(val.abs(), descending=True, stable=True)
         keep = val[order] != 0
         out[name] = (d.idx[order][keep].to(torch.int32), val[order][keep].clone())

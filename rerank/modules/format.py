@@ -74,6 +74,7 @@ class ModuleConfig:
     density: float | None = None  # sparse kinds: touched entries / entries of the touched parameters
     rank: int | None = None  # lora: the largest rank of its targets
     scaling: float | None = None  # lora: the delta is scaling · B @ A (peft: lora_alpha / r)
+    dynamic: list[float] | None = None  # [lo, hi]: the budgets one run trained (ranks for lora, densities sparse)
     adapter_config: dict | None = None  # adapter: the `adapters` library's config (e.g. seq_bn, seq_bn_inv)
     value_dtype: str = "float32"
     bits: int | None = None  # low-bit storage: 1, 2, 4, 8 (codes + per-block scales) or 16 (float16)

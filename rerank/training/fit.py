@@ -55,16 +55,41 @@ def fit_module(
     """Train a module of ``kind`` on ``model`` and return what the kind collected (payload, config fields,
     the loop's log). ``step_loss(i)`` → (loss, tokens); ``dev()`` → the figure the loop selects by (or
     (figure, info)). ``extra_params`` (e.g. a new head) train with it at ``spec.head_lr``; ``recipe`` receives
-    the kind's own choices (mask, phases)."""
+    the kind's own choices (mask, phases). ``spec.dynamic`` (:class:`rerank.training.dynamic.Dynamic`): a budget
+    range trained in one run; the kind gives ``fit`` the :class:`~rerank.training.dynamic.Budget` that sets it.
+    ``spec.mosa`` (K > 0): MoSA's split into K sub-adapters; the kind gives ``fit`` the
+    :class:`~rerank.training.mosa.Split`."""
+    from rerank.training import dynamic as dyn
+    from rerank.training import mosa as mosa_mode
+
     k = kinds.get(kind)
     extra_params = dict(extra_params or {})
     for p in extra_params.values():
         p.requires_grad_(True)
     loop = replace(loop, param_lr={**loop.param_lr, **{n: spec.head_lr for n in extra_params}})
     work = Path(work)
+    dynamic = spec.dynamic
+    mosa = mosa_mode.Mosa(spec.mosa, spec.seed) if spec.mosa else None
 
-    def run(params: dict, loop_: LoopConfig, name: str, *, dev=None, checkpoint: str, step_loss=step_loss):
-        return train(
+    def run(
+        params: dict,
+        loop_: LoopConfig,
+        name: str,
+        *,
+        dev=None,
+        checkpoint: str,
+        step_loss=step_loss,
+        budget=None,
+        split=None,
+    ):
+        hold = None
+        if budget is not None and dynamic is not None:  # each step trains the prefix of the budget it draws
+            step_loss, dev = dyn.wrap(dynamic, budget, step_loss, dev, loop_.grad_accum)
+            hold = budget.hold
+        if split is not None and mosa is not None:  # each step trains one sub-adapter per layer
+            step_loss, dev = mosa_mode.wrap(mosa, split, step_loss, dev, loop_.grad_accum)
+            hold = split.hold
+        log = train(
             params,
             step_loss,
             loop_,
@@ -72,7 +97,15 @@ def fit_module(
             checkpoint_dir=work / checkpoint,
             desc=f"{language} {name}".strip(),
             progress=progress,
+            hold=hold,
         )
+        if budget is not None and dynamic is not None:
+            budget.set(dynamic.hi)  # the module is its whole budget again
+            ctx.recipe["dynamic"] = dynamic.record() | {"dev_at_best": dyn.at_best(log)}
+        if split is not None and mosa is not None:
+            split.remove()  # merged: the adapter as it is stored
+            ctx.recipe["mosa"] = mosa.record()
+        return log
 
     ctx = kinds.TrainContext(
         model=model,
@@ -92,4 +125,12 @@ def fit_module(
         fingerprint=fingerprint,
         base_model=base_model,
     )
-    return k.train(ctx)
+    if dynamic is not None:
+        dyn.check(kind, dynamic.what)
+    if mosa is not None:
+        mosa_mode.check(kind, mosa.parts)
+    trained = k.train(ctx)
+    for mode, name in ((dynamic, "dynamic"), (mosa, "mosa")):
+        if mode is not None and name not in ctx.recipe:
+            raise RuntimeError(f"the {kind} kind did not train in the {name} mode (its fit was given no part)")
+    return trained

@@ -59,6 +59,8 @@ class LangConfig:
     seed: int = 0
     dev_batches: int = 8
     layers: int | None = None  # adapt only the top this many encoder layers (None: all)
+    dynamic: object = None  # rerank.training.dynamic.Dynamic: a range of ranks or densities in one run (DyLoRA)
+    mosa: int = 0  # adapter: train it as this many sub-adapters, merged at the end (MoSA; 0: off)
 
 
 def train_language_module(

@@ -64,10 +64,12 @@ def train(
     checkpoint_dir: Path | None = None,
     desc: str = "training",
     progress: bool = True,
+    hold: Callable[[], Callable[[], None]] | None = None,
 ) -> LoopLog:
     """Train ``params`` (name → parameter) on ``step_loss(micro_step) -> (loss, tokens)``. ``dev()`` is
     lower-is-better (it may return ``(value, {other figures})``, kept in ``log.dev_info``); the best dev state is
-    kept and restored at the end."""
+    kept and restored at the end. ``hold()``, when given, is called before each optimizer step and returns what to
+    call after it (a dynamic budget keeps what lies past the step's prefix where it was)."""
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -120,7 +122,10 @@ def train(
             log.tokens += step_tokens
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(plist, cfg.clip)
+            undo = hold() if hold is not None else None
             opt.step()
+            if undo is not None:
+                undo()
             sched.step()
             step += 1
             window.append(total)

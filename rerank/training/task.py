@@ -68,6 +68,8 @@ class TaskConfig:
     hard_fraction: float = 0.0  # share of each step's queries drawn by the first stage's loss on them
     select: str = "mrr"  # the dev figure that picks the kept state: mrr | loss (listwise, on the dev groups)
     layers: int | None = None  # train only the top this many encoder layers (None: all)
+    dynamic: object = None  # rerank.training.dynamic.Dynamic: a range of ranks or densities in one run (DyLoRA)
+    mosa: int = 0  # adapter: train it as this many sub-adapters, merged at the end (MoSA; 0: off)
 
 
 def _split(rows: list[dict]) -> tuple[list[dict], list[dict]]:

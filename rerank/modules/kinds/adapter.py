@@ -164,7 +164,13 @@ class Adapter(Kind):
         if ctx.below:  # MAD-X: the task adapter is trained on top of the (frozen) language adapter
             encoder.set_active_adapters(Stack(*ctx.below, slot))
         params = {n: p for n, p in encoder.named_parameters() if p.requires_grad and f".{slot}." in n}
-        log = ctx.fit(params | dict(ctx.extra_params), ctx.loop, self.name, dev=ctx.dev, checkpoint="adapter")
+        split = None
+        if spec.mosa:
+            layers = [m for n, m in encoder.named_modules() if n.endswith(f".adapters.{slot}")]
+            split = _UnitSplit(layers, spec.mosa)
+        log = ctx.fit(
+            params | dict(ctx.extra_params), ctx.loop, self.name, dev=ctx.dev, checkpoint="adapter", split=split
+        )
         payload, fields = self.collect(encoder, slot)
         if ctx.role == "language":
             ctx.recipe["note"] = "the invertible adapter is trained on the input side only (the head is ours, untied)"
@@ -177,6 +183,65 @@ class Adapter(Kind):
             raise RerankError(f"the model has no adapter {slot!r}", hint="add_adapter() it first")
         payload = {n: p.detach().float().clone() for n, p in adapter_tensors(model, slot).items()}
         return payload, {"adapter_config": model.adapters_config.get(slot).to_dict()}
+
+
+def _linear(seq):
+    """The down-projection's linear layer (a layer norm may come first)."""
+    import torch
+
+    return next(m for m in seq.modules() if isinstance(m, torch.nn.Linear))
+
+
+class _UnitSplit:
+    """MoSA's split of bottleneck adapter layers into ``parts`` groups of units (:class:`rerank.training.mosa.Split`):
+    a forward hook on each layer's down-projection keeps the active group's units (scaled by ``parts``) and zeroes
+    the rest; ``hold`` keeps the inactive groups' rows, bias entries and up-projection columns still."""
+
+    def __init__(self, layers: list, parts: int):
+        import torch
+
+        self.modules, self.parts = layers, parts
+        self.layers, self.units = len(layers), layers[0].adapter_up.in_features
+        self.groups = list(torch.arange(self.units).chunk(parts)) if parts <= self.units else []
+        self.active: list[int] | None = None
+        self.masks = [torch.ones(self.units) for _ in layers]
+        self.handles = [m.adapter_down.register_forward_hook(self._hook(i)) for i, m in enumerate(layers)]
+
+    def _hook(self, i: int):
+        def hook(module, args, output):
+            return output if self.active is None else output * self.masks[i].to(output.dtype)
+
+        return hook
+
+    def activate(self, choices: list[int] | None) -> None:
+        self.active = None if choices is None else list(choices)
+        for mask, k in zip(self.masks, self.active or [], strict=False):
+            mask.zero_()[self.groups[k]] = float(self.parts)
+
+    def hold(self):
+        import torch
+
+        saved = []
+        for m, k in zip(self.modules, self.active or [], strict=False):
+            off = torch.ones(self.units, dtype=torch.bool)
+            off[self.groups[k]] = False
+            down, up = _linear(m.adapter_down), m.adapter_up
+            saved.append((down, up, off, down.weight.detach()[off].clone(), down.bias.detach()[off].clone(),
+                          up.weight.detach()[:, off].clone()))  # fmt: skip
+
+        def undo() -> None:
+            with torch.no_grad():
+                for down, up, off, w, b, u in saved:
+                    down.weight[off] = w
+                    down.bias[off] = b
+                    up.weight[:, off] = u
+
+        return undo
+
+    def remove(self) -> None:
+        self.active = None
+        for h in self.handles:
+            h.remove()
 
 
 ADAPTER = Adapter()

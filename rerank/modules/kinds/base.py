@@ -41,6 +41,8 @@ class KindSpec:
     l1: float = 0.0  # sft phase 2: L1 towards the base
     head_lr: float = 1e-3  # dense extras trained with the module (a new head)
     seed: int = 0
+    dynamic: object = None  # rerank.training.dynamic.Dynamic, or None (a fixed budget)
+    mosa: int = 0  # adapter: MoSA's sub-adapters (rerank.training.mosa; 0: a plain adapter)
 
     @classmethod
     def of(cls, cfg) -> KindSpec:
@@ -94,6 +96,7 @@ class Kind:
     peft_type: str | None = None  # peft's name for it, when peft has it (written by export)
     reads_peft = True  # peft adapters of peft_type import as this kind
     holds = "tensors"  # what its payload is, in words ("sparse entries")
+    dynamic_budget: str | None = None  # the budget one run can train a range of (DyLoRA): "rank", "density"
 
     def __init__(self) -> None:
         self.group = self.group or self.name

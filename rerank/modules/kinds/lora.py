@@ -21,6 +21,7 @@ class LoRA(Kind):
     default_lr = 5e-4
     peft_type = "LORA"
     holds = "LoRA pairs"
+    dynamic_budget = "rank"
 
     def owns(self, key: str) -> bool:
         return key.endswith((".lora_A", ".lora_B"))
@@ -214,19 +215,73 @@ class LoRA(Kind):
             LoraConfig(r=spec.rank, lora_alpha=alpha, target_modules=names, lora_dropout=0.0, init_lora_weights=True),
         )
         params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n}
-        log = ctx.fit(params | dict(ctx.extra_params), ctx.loop, self.name, dev=ctx.dev, checkpoint="lora")
+        layers = [
+            (full, mod)
+            for full, mod in peft_model.named_modules()
+            if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {})
+        ]
+        budget = _RankBudget([m for _, m in layers], spec.rank) if spec.dynamic is not None else None
+        log = ctx.fit(
+            params | dict(ctx.extra_params), ctx.loop, self.name, dev=ctx.dev, checkpoint="lora", budget=budget
+        )
+        if budget is not None:
+            budget.remove()
         pairs, shapes = {}, {}
-        for full, mod in peft_model.named_modules():
-            if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
-                a = mod.lora_A["default"].weight.detach().float().clone()
-                b = mod.lora_B["default"].weight.detach().float().clone()
-                order = torch.argsort(b.norm(dim=0) * a.norm(dim=1), descending=True)  # most important rank first
-                name = encoder_name(full.removeprefix("base_model.model.") + ".weight")
-                pairs[name] = (a[order].contiguous(), b[:, order].contiguous())
-                shapes[name] = [b.shape[0], a.shape[1]]
+        for full, mod in layers:
+            a = mod.lora_A["default"].weight.detach().float().clone()
+            b = mod.lora_B["default"].weight.detach().float().clone()
+            if budget is None:  # most important rank first (a dynamic run's ranks are nested as trained)
+                order = torch.argsort(b.norm(dim=0) * a.norm(dim=1), descending=True)
+                a, b = a[order], b[:, order]
+            name = encoder_name(full.removeprefix("base_model.model.") + ".weight")
+            pairs[name] = (a.contiguous(), b.contiguous())
+            shapes[name] = [b.shape[0], a.shape[1]]
         peft_model.unload()
         fields = {"rank": spec.rank, "scaling": alpha / spec.rank, "shapes": shapes}
+        if spec.dynamic is not None:
+            fields["dynamic"] = [spec.dynamic.lo, spec.dynamic.hi]
         return Trained(pairs, fields, log, ctx.model)  # unload() gave the model its own layers back
+
+
+class _RankBudget:
+    """DyLoRA's rank budget in peft's LoRA layers (:class:`rerank.training.dynamic.Budget`): a forward hook on
+    each ``lora_A`` zeroes the ranks past ``b`` (the scaling stays: the delta of rank ``b`` is the prefix of the
+    same sum ``--module-rank b`` keeps at load time); ``hold`` keeps those rows of A and columns of B still."""
+
+    def __init__(self, layers: list, rank: int):
+        import torch
+
+        self.layers, self.rank, self.b = layers, rank, rank
+        self.mask = torch.ones(rank)
+        self.handles = [m.lora_A["default"].register_forward_hook(self._hook) for m in layers]
+
+    def _hook(self, module, args, output):
+        return output * self.mask.to(output.dtype) if self.b < self.rank else output
+
+    def set(self, b: float) -> None:
+        self.b = max(1, min(self.rank, int(round(b))))
+        self.mask.zero_()[: self.b] = 1.0
+
+    def hold(self):
+        import torch
+
+        if self.b >= self.rank:
+            return lambda: None
+        b = self.b
+        kept = [(m.lora_A["default"].weight, m.lora_B["default"].weight) for m in self.layers]
+        saved = [(a.detach()[b:].clone(), w.detach()[:, b:].clone()) for a, w in kept]
+
+        def undo() -> None:
+            with torch.no_grad():
+                for (a, w), (sa, sw) in zip(kept, saved, strict=True):
+                    a[b:] = sa
+                    w[:, b:] = sw
+
+        return undo
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 LORA = LoRA()

@@ -40,6 +40,7 @@ class Sparse(Kind):
     low_bit = True
     peft_type = "SHIRA"
     holds = "sparse entries"
+    dynamic_budget = "density"
 
     def __init__(self, name: str, default_lr: float, reads_peft: bool):
         self.name, self.default_lr, self.reads_peft = name, default_lr, reads_peft
@@ -151,12 +152,17 @@ class Sparse(Kind):
         return what + (f", density {cfg.density:.4%}" if cfg.density else "")
 
     def with_density(self, payload: SparseEntries, cfg, density: float, shapes: dict | None):
+        """The first ``density`` × size entries of each parameter; a module trained for a range of densities in
+        one run (``cfg.dynamic``) keeps each parameter's prefix exactly as training took it (:func:`prefix`)."""
         entries = {}
         for name, (idx, val) in payload.entries.items():
             shape = (shapes or {}).get(name) or cfg.shapes.get(name)
             if not shape:
                 raise RerankError(f"the {cfg.kind} module records no shape for {name}", hint="cannot apply a budget")
-            keep = max(1, math.ceil(math.prod(shape) * density))
+            if cfg.dynamic and cfg.density:
+                keep = prefix(idx.numel(), density, cfg.density)
+            else:
+                keep = max(1, math.ceil(math.prod(shape) * density))
             entries[name] = (idx[:keep], val[:keep])
         return SparseEntries(entries), {"density": min(density, cfg.density or density)}
 
@@ -357,12 +363,15 @@ class Sparse(Kind):
                 return loss + spec.l1 * sum(d.delta.abs().sum() for d in deltas.values()), tokens
 
         params = {n: d.delta for n, d in deltas.items()} | dict(ctx.extra_params)
-        log = ctx.fit(params, loop, self.name, dev=ctx.dev, checkpoint="sparse", step_loss=step_loss)
-        entries = sparse.entries(deltas)
+        budget = _DensityBudget(deltas, spec.density) if spec.dynamic is not None else None
+        log = ctx.fit(params, loop, self.name, dev=ctx.dev, checkpoint="sparse", step_loss=step_loss, budget=budget)
+        entries = sparse.entries(deltas, nested=budget is not None)
         sparse.detach(targets, deltas)
         if ctx.mlm_head is not None:
             ctx.mlm_head.row_delta = None
         fields = {"density": spec.density, "shapes": {n: list(weights[n].shape) for n in entries}}
+        if spec.dynamic is not None:
+            fields["dynamic"] = [spec.dynamic.lo, spec.dynamic.hi]
         return Trained(SparseEntries(entries), fields, log, ctx.model)
 
     @staticmethod
@@ -387,6 +396,38 @@ class Sparse(Kind):
             w.grad = None
             w.requires_grad_(False)
         return scores
+
+
+def prefix(count: int, density: float, full: float) -> int:
+    """How many of a parameter's ``count`` entries (chosen at density ``full``, most important first) make its
+    budget at ``density``: the same share of them, at least one."""
+    return max(1, min(count, math.ceil(count * density / full - 1e-9)))
+
+
+class _DensityBudget:
+    """The dynamic density budget (:class:`rerank.training.dynamic.Budget`): each sparse delta acts with the
+    :func:`prefix` of its entries; ``hold`` keeps the entries past it still across the optimizer step."""
+
+    def __init__(self, deltas: dict, full: float):
+        self.deltas, self.full = list(deltas.values()), full
+
+    def set(self, b: float) -> None:
+        for d in self.deltas:
+            n = d.delta.numel()
+            d.keep = None if b >= self.full else prefix(n, b, self.full)
+
+    def hold(self):
+        import torch
+
+        parts = [(d.delta, d.keep) for d in self.deltas if d.keep is not None and d.keep < d.delta.numel()]
+        saved = [p.detach()[k:].clone() for p, k in parts]
+
+        def undo() -> None:
+            with torch.no_grad():
+                for (p, k), v in zip(parts, saved, strict=True):
+                    p[k:] = v
+
+        return undo
 
 
 def _pad(idx, val, n: int, numel: int):

@@ -1,0 +1,74 @@
+"""The DyLoRA table of modules/README.md: one dynamic run against one run per budget, from the module folders
+`make dynamic-evidence` writes (runs/dynamic/: lora-dynamic, lora-r1..r8, shira-dynamic, shira-d0.25..d2).
+
+    make dynamic-evidence                 # trains what is missing, then runs this
+    .venv/bin/python eval/dynamic_table.py runs/dynamic
+
+For each budget: the dev MLM loss of the separate run at that budget (its kept state), the dynamic run's at the
+same budget (the state it kept, selected by the mean over its budgets), and their difference (lower is better);
+then the training time of the separate runs together against the dynamic run's. Prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+FAMILIES = (  # (kind, dynamic folder, {budget label: separate run's folder})
+    ("lora", "lora-dynamic", {"1": "lora-r1", "2": "lora-r2", "4": "lora-r4", "8": "lora-r8"}),
+    ("shira", "shira-dynamic", {"0.25%": "shira-d0.25", "0.5%": "shira-d0.5", "1%": "shira-d1", "2%": "shira-d2"}),
+)
+
+
+def recipe(folder: Path) -> dict | None:
+    cfg = folder / "module_config.json"
+    return json.loads(cfg.read_text(encoding="utf-8")).get("recipe") if cfg.is_file() else None
+
+
+def table(root: Path, kind: str, dynamic: str, separate: dict[str, str]) -> list[str]:
+    dyn = recipe(root / dynamic)
+    what = "rank" if kind == "lora" else "density"
+    lines = [
+        f"| {kind} {what} | separate run: dev MLM loss | dynamic run, same {what} | Δ (dynamic − separate) |",
+        "|---|---:|---:|---:|",
+    ]
+    at = ((dyn or {}).get("dynamic") or {}).get("dev_at_best") or {}
+    seconds = []
+    for label, name in separate.items():
+        r = recipe(root / name)
+        own = None if r is None else r.get("dev_loss_best")
+        if r is not None:
+            seconds.append(float(r["seconds"]))
+        mine = at.get(label)
+        delta = f"{mine - own:+.4f}" if mine is not None and own is not None else "—"
+        lines.append(f"| {label} | {_f(own)} | {_f(mine)} | {delta} |")
+    base = (dyn or recipe(root / next(iter(separate.values()))) or {}).get("dev_loss_before")
+    lines.append(f"| (base + MLM head, before training) | {_f(base)} | {_f(base)} | |")
+    total = f"{sum(seconds) / 60:.1f} min ({len(seconds)} runs)" if seconds else "—"
+    mine = f"{float(dyn['seconds']) / 60:.1f} min (1 run)" if dyn else "—"
+    ratio = f"{sum(seconds) / float(dyn['seconds']):.2f}×" if dyn and len(seconds) == len(separate) else ""
+    lines.append(f"| training time, the whole range | {total} | {mine} | {ratio} |")
+    return lines
+
+
+def _f(x) -> str:
+    return "—" if x is None else f"{float(x):.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", type=Path, help="the folder of the runs (runs/dynamic)")
+    args = ap.parse_args(argv)
+    if not args.root.is_dir():
+        print(f"{args.root}: no such folder (make dynamic-evidence writes it)", file=sys.stderr)
+        return 2
+    for kind, dynamic, separate in FAMILIES:
+        print("\n".join(table(args.root, kind, dynamic, separate)))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
