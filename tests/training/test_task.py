@@ -366,3 +366,36 @@ def test_the_first_stage_fusion_weight_is_the_one_with_the_best_dev_mrr():
     assert f["first_stage_weight"] > 1 and f["dev_mrr"] == 1.0 and f["dev_mrr_by_weight"]["0.0"] < 0.6
     # a perfect cross-encoder: the cross-encoder alone (weight 0 wins the tie)
     assert fusion_choice(first, noise, 60)["first_stage_weight"] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["dynamic-rank", "dynamic-density", "mosa"])
+def test_task_modules_train_in_the_dynamic_and_mosa_modes(mode, pairs_file, tiny_bert, tmp_path):
+    """DyLoRA's ranges and MoSA's split through the task trainer: the dev figure the loop selects by is the mean
+    over the budgets (each kept), the module serves a smaller budget at load time, MoSA's is a plain adapter."""
+    from rerank import Reranker
+    from rerank.scoring.cross import init_cross_encoder
+    from rerank.training.dynamic import Dynamic
+    from rerank.training.task import TaskConfig, train_task_module
+
+    cross = init_cross_encoder(tiny_bert, tmp_path / "ce", seed=0)
+    kw = {
+        "dynamic-rank": dict(kind="lora", rank=4, dynamic=Dynamic("rank", 1, 4)),
+        "dynamic-density": dict(kind="shira", density=0.04, dynamic=Dynamic("density", 0.01, 0.04)),
+        "mosa": dict(kind="adapter", reduction=4, mosa=2),
+    }[mode]
+    cfg = TaskConfig(loss="listwise", max_steps=4, batch_queries=2, negatives=3, max_length=64, eval_every=2,
+                     patience=None, probe_queries=0, **kw)  # fmt: skip
+    m = train_task_module(pairs_file, tmp_path / "task", cfg, model=tiny_bert, progress=False)
+    r = m.config.recipe
+    pairs = [("right to education", "Everyone has the right to education."), ("slavery", "No one shall be held.")]
+    if mode == "mosa":
+        assert r["mosa"]["parts"] == 2 and m.config.dynamic is None
+        assert len(Reranker(cross, modules=[tmp_path / "task"]).predict(pairs)) == 2
+        return
+    at = r["dynamic"]["dev_at_best"]
+    assert len(at) == 3 and all(0 < v["mrr"] <= 1 for v in at.values())
+    assert abs(r["dev_mrr_best"] - sum(v["mrr"] for v in at.values()) / 3) < 1e-3
+    small = {"module_rank": 2} if mode == "dynamic-rank" else {"module_density": 0.02}
+    full = Reranker(cross, modules=[tmp_path / "task"]).predict(pairs)
+    part = Reranker(cross, modules=[tmp_path / "task"], **small).predict(pairs)
+    assert len(part) == 2 and not torch.allclose(torch.tensor(full), torch.tensor(part))
