@@ -14,7 +14,7 @@ INDEXES := $(foreach l,$(LANGS),indexes/udhr-$(l)/rerank-index.json)
 Q       = $$(cut -f2 data/udhr/topics.$(1).tsv | sed -n $(2)p)
 
 .PHONY: install data indexes demo test lint bench clean browser grid train-data train-text modules modules-train \
-	dev-data dev-indexes train-pairs dev-grid dynamic-evidence
+	dev-data dev-indexes train-pairs dev-grid dynamic-evidence mosa-evidence
 
 install: $(STAMP)
 
@@ -187,10 +187,17 @@ modules/%/module_config.json: $(TRAINED)/%/module_config.json
 
 # DyLoRA's evidence (modules/README.md, "One run for every budget"): a Kyrgyz language module trained once for every
 # rank 1..8 (LoRA) and every density 0.25%..2% (SHiRA), against one run per budget on the same text with the same
-# steps, rate and MLM head; eval/dynamic_table.py prints the dev MLM loss at each budget and the training times.
+# steps, rate and MLM head; eval/dynamic_table.py prints the dev MLM loss at each budget, the top run truncated to
+# each budget, and the training times.
 DYN_DIR  := runs/dynamic
 DYN_ARGS := --lang ky $(foreach f,$(TEXT_ky),--text $(f)) --max-steps 100 --head-steps 20 --eval-every 25 \
 	--seq-len 64 --batch-size 16 --patience 0 --overwrite --quiet
+COMMA    := ,
+# the fixed top-budget runs truncated to each smaller budget (what --module-rank/--module-density did before), and
+# the dynamic runs at each budget, scored alike by rerank eval mlm (the MLM head refitted as training fitted it)
+DYN_MLM   = test -e $(DYN_DIR)/$(1).mlm.json || { $(BIN)/rerank eval mlm $(DYN_DIR)/$(1) \
+	$(foreach f,$(TEXT_ky),--text $(f)) --budgets $(2) -q > $(DYN_DIR)/$(1).mlm.json.tmp && \
+	mv $(DYN_DIR)/$(1).mlm.json.tmp $(DYN_DIR)/$(1).mlm.json; }
 DYN_RUN   = test -e $(DYN_DIR)/$(1)/module_config.json || $(BIN)/rerank train lang $(DYN_ARGS) $(2) --out $(DYN_DIR)/$(1)
 dynamic-evidence: | $(STAMP)
 	@$(foreach f,$(TEXT_ky),$(call NEED,$(f),monolingual ky text);) true
@@ -199,7 +206,31 @@ dynamic-evidence: | $(STAMP)
 	for r in 1 2 4 8; do $(call DYN_RUN,lora-r$$r,--kind lora --rank $$r) || exit 1; done
 	$(call DYN_RUN,shira-dynamic,--kind shira --dynamic-density 0.25%:2%)
 	for d in 0.25 0.5 1 2; do $(call DYN_RUN,shira-d$$d,--kind shira --density $$d%) || exit 1; done
+	$(call DYN_MLM,lora-r8,1$(COMMA)2$(COMMA)4$(COMMA)8)
+	$(call DYN_MLM,lora-dynamic,1$(COMMA)2$(COMMA)4$(COMMA)8)
+	$(call DYN_MLM,shira-d2,0.25%$(COMMA)0.5%$(COMMA)1%$(COMMA)2%)
+	$(call DYN_MLM,shira-dynamic,0.25%$(COMMA)0.5%$(COMMA)1%$(COMMA)2%)
 	$(BIN)/python eval/dynamic_table.py $(DYN_DIR)
+
+# MoSA's evidence (modules/README.md, "MoSA"): the plain adapter against the same adapter trained as 4 sub-adapters,
+# same parameters, data and steps: a Kyrgyz language module (dev MLM loss) and a ranking task module on the QED and
+# Tatoeba pairs (dev MRR, then nDCG@10 through the pipeline on both dev sets: eval/mosa-*.toml).
+MOSA_DIR  := runs/mosa
+MOSA_TASK := --pairs runs/train/pairs.qed.jsonl --pairs runs/train/pairs.tatoeba.ug.jsonl --source-lang en \
+	--kind adapter --head residual --layers 4 --loss listwise-kd --lr 1e-3 --hard-fraction 0.5 --select mrr \
+	--max-steps 100 --batch-queries 4 --negatives 7 --max-length 256 --eval-every 50 --patience 0 --overwrite --quiet \
+	--dev-topics data/qed/topics.dev.en.tsv --dev-topics data/tatoeba/topics.dev.ug.tsv
+MOSA_RUN   = test -e $(MOSA_DIR)/$(1)/module_config.json || $(BIN)/rerank train $(2) --out $(MOSA_DIR)/$(1)
+mosa-evidence: runs/train/pairs.qed.jsonl runs/train/pairs.tatoeba.ug.jsonl | $(STAMP)
+	mkdir -p $(MOSA_DIR)
+	$(call MOSA_RUN,ky-lang-adapter,lang $(DYN_ARGS) --kind adapter)
+	$(call MOSA_RUN,ky-lang-adapter-mosa4,lang $(DYN_ARGS) --kind adapter --mosa 4)
+	$(call MOSA_RUN,en-task-adapter,task $(MOSA_TASK))
+	$(call MOSA_RUN,en-task-adapter-mosa4,task $(MOSA_TASK) --mosa 4)
+	for g in qed tatoeba; do $(BIN)/rerank eval grid eval/mosa-$$g.toml --out reports/mosa-$$g || exit 1; done
+	$(BIN)/python eval/mosa_table.py $(MOSA_DIR)
+	$(BIN)/python eval/dev_table.py reports/mosa-qed reports/mosa-tatoeba
+	$(BIN)/python eval/dev_table.py reports/mosa-qed reports/mosa-tatoeba --against adapter --systems adapter-mosa4
 
 # Reports are checked in a real headless browser: Debian's chromium (installed when missing and run as root,
 # as CI is; elsewhere the browser tests say they were skipped and why).

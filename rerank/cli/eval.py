@@ -138,6 +138,34 @@ def grid(
     out.print(f"wrote {out_dir}/index.html (+ grid.csv, grid.json, grid.md, cells/, runs/)")
 
 
+@app.command("mlm")
+@user_errors
+def mlm(
+    module: Annotated[Path, typer.Argument(help="A language module folder (rerank train lang).")],
+    text: Annotated[
+        list[Path],
+        typer.Option("--text", help="Its text, split as training splits it: the dev loss is on the held-out part."),
+    ],
+    budgets: Annotated[
+        str | None,
+        typer.Option(
+            "--budgets", help="Ranks (LoRA) or densities (sparse), comma-separated, e.g. 1,2,4,8 or 0.5%,2%."
+        ),
+    ] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Backbone [default: embedded e5-small].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """A language module's dev masked-LM loss at each budget (a dynamic module's trained ones, a fixed module's
+    truncations), with the MLM head fitted as its training fitted it; prints JSON."""
+    import json
+
+    from rerank.training.lang import module_dev_losses
+
+    values = [b.strip() for b in budgets.split(",") if b.strip()] if budgets else None
+    losses = module_dev_losses(module, text, values, model=model, progress=not quiet)
+    out.print(json.dumps({"module": str(module), "dev_mlm_loss": {k: round(v, 4) for k, v in losses.items()}}))
+
+
 @app.command("check")
 @user_errors
 def check(

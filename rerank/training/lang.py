@@ -76,32 +76,17 @@ def train_language_module(
 ):
     """Train a language module and write it to ``out``; returns the module. ``work_dir`` keeps
     checkpoints (default ``<out>.work``), so an interrupted run resumes."""
-    from rerank import languages
-    from rerank.backbone import resolve_model
-    from rerank.backbone.runtime import load_tokenizer, load_weights
     from rerank.files import refuse_existing
     from rerank.modules.format import CONFIG_FILE, Module, ModuleConfig, save_module
-    from rerank.training.mlm import MaskedBatches, MLMHead, mlm_loss, restricted_vocab
-    from rerank.training.text import check_script, read_texts, split_dev
+    from rerank.training.mlm import mlm_loss
 
     kinds.get(cfg.kind)
-    code = languages.code(lang)
     out = Path(out)
     refuse_existing(out, overwrite, marker=CONFIG_FILE, inputs=text_files)
     started = time.perf_counter()
-    docs = read_texts(text_files)
-    found_script = check_script(docs, code)
-    train_docs, dev_docs = split_dev(docs)
-    info = resolve_model(model)
-    tok = load_tokenizer(info.path)
-    torch.manual_seed(cfg.seed)
-    encoder = load_weights(info.path, head=False, device=torch.device("cpu"))
-    vocab = restricted_vocab(tok, train_docs, cfg.max_vocab)
-    batches = MaskedBatches(tok, train_docs, vocab, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed)
-    dev_set = MaskedBatches(tok, dev_docs, vocab, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed + 1)
-    dev_fixed = [dev_set.batch(i) for i in range(min(cfg.dev_batches, dev_set.batches_per_epoch()))]
-    emb = encoder.embeddings.word_embeddings
-    head = MLMHead(encoder.config.hidden_size, emb, vocab, eps=encoder.config.layer_norm_eps)
+    m = _mlm_setup(lang, text_files, cfg, model)
+    code, docs, found_script, train_docs, dev_docs = m.code, m.docs, m.script, m.train_docs, m.dev_docs
+    info, encoder, vocab, batches, dev_fixed, head = m.info, m.encoder, m.vocab, m.batches, m.dev_fixed, m.head
     work = Path(work_dir) if work_dir else Path(f"{out}.work")
     session, earlier_seconds = open_session(work) if dist.is_main() else (1, 0.0)
 
@@ -118,27 +103,13 @@ def train_language_module(
         return mlm_loss(encoder, head, b) * weight, int(b["attention_mask"].sum())
 
     def dev() -> float:
-        encoder.eval()
-        with torch.no_grad():
-            value = sum(float(mlm_loss(encoder, head, b)) for b in dev_fixed) / len(dev_fixed)
-        encoder.train()
-        return value
+        return _dev_loss(encoder, head, dev_fixed)
 
     # -- phase 0: the head, encoder frozen
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    head_steps = cfg.head_steps if cfg.head_steps is not None else min(300, max(1, cfg.max_steps // 5))
-    encoder.train()
+    head_log = _train_head(m, cfg, step_loss, work / "head", progress)
     base_cfg = dict(
         grad_accum=cfg.grad_accum, eval_every=cfg.eval_every, seed=cfg.seed, checkpoint_every=max(50, cfg.eval_every)
     )
-    head_params = {f"head.{n}": p for n, p in head.named_parameters()}
-    head_loop = LoopConfig(max_steps=head_steps, lr=cfg.head_lr, patience=None, **base_cfg)
-    head_log = train(
-        head_params, step_loss, head_loop, checkpoint_dir=work / "head", desc=f"{code} MLM head", progress=progress
-    )
-    for p in head.parameters():
-        p.requires_grad_(False)
     dev_before = dist.from_main(dev)
     lr = cfg.lr or default_lr(cfg.kind)
     budget = None if cfg.time_budget is None else max(1.0, cfg.time_budget - (time.perf_counter() - started))
@@ -212,3 +183,139 @@ def train_language_module(
 
     shutil.rmtree(work, ignore_errors=True)  # finished: the checkpoints are not needed any more
     return module
+
+
+def _mlm_setup(lang: str, text_files: list, cfg: LangConfig, model):
+    """What masked-LM training and its evaluation share, built in one order (so that the head starts from the same
+    random state): the text and its dev split, the backbone, the language's output vocabulary, the batches, the
+    fixed dev batches and a fresh MLM head tied to the word embeddings."""
+    from types import SimpleNamespace
+
+    from rerank import languages
+    from rerank.backbone import resolve_model
+    from rerank.backbone.runtime import load_tokenizer, load_weights
+    from rerank.training.mlm import MaskedBatches, MLMHead, restricted_vocab
+    from rerank.training.text import check_script, read_texts, split_dev
+
+    code = languages.code(lang)
+    docs = read_texts(text_files)
+    script = check_script(docs, code)
+    train_docs, dev_docs = split_dev(docs)
+    info = resolve_model(model)
+    tok = load_tokenizer(info.path)
+    torch.manual_seed(cfg.seed)
+    encoder = load_weights(info.path, head=False, device=torch.device("cpu"))
+    vocab = restricted_vocab(tok, train_docs, cfg.max_vocab)
+    batches = MaskedBatches(tok, train_docs, vocab, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed)
+    dev_set = MaskedBatches(tok, dev_docs, vocab, seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed + 1)
+    dev_fixed = [dev_set.batch(i) for i in range(min(cfg.dev_batches, dev_set.batches_per_epoch()))]
+    emb = encoder.embeddings.word_embeddings
+    head = MLMHead(encoder.config.hidden_size, emb, vocab, eps=encoder.config.layer_norm_eps)
+    return SimpleNamespace(
+        code=code, docs=docs, script=script, train_docs=train_docs, dev_docs=dev_docs, info=info, tok=tok,
+        encoder=encoder, vocab=vocab, batches=batches, dev_fixed=dev_fixed, head=head,
+    )  # fmt: skip
+
+
+def _train_head(m, cfg: LangConfig, step_loss, checkpoint_dir, progress: bool):
+    """Phase 0: the MLM head alone, the encoder frozen at the base; the head is frozen afterwards."""
+    for p in m.encoder.parameters():
+        p.requires_grad_(False)
+    head_steps = cfg.head_steps if cfg.head_steps is not None else min(300, max(1, cfg.max_steps // 5))
+    m.encoder.train()
+    base_cfg = dict(
+        grad_accum=cfg.grad_accum, eval_every=cfg.eval_every, seed=cfg.seed, checkpoint_every=max(50, cfg.eval_every)
+    )
+    head_params = {f"head.{n}": p for n, p in m.head.named_parameters()}
+    head_loop = LoopConfig(max_steps=head_steps, lr=cfg.head_lr, patience=None, **base_cfg)
+    log = train(
+        head_params, step_loss, head_loop, checkpoint_dir=checkpoint_dir, desc=f"{m.code} MLM head", progress=progress
+    )
+    for p in m.head.parameters():
+        p.requires_grad_(False)
+    return log
+
+
+def _budget(text: float | str, what: str) -> float:
+    """A rank (a whole number from 1) or a density (``0.005``, ``0.5%``), for a module whose budget is ``what``."""
+    from rerank.errors import RerankError
+    from rerank.modules.format import parse_density
+
+    if what == "density":
+        return parse_density(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value < 1 or value != int(value):
+        raise RerankError(f"budget {text!r} is not a rank", hint="ranks are whole numbers from 1, e.g. 1,2,4,8")
+    return value
+
+
+def _dev_loss(encoder, head, dev_fixed) -> float:
+    from rerank.training.mlm import mlm_loss
+
+    encoder.eval()
+    with torch.no_grad():
+        value = sum(float(mlm_loss(encoder, head, b)) for b in dev_fixed) / len(dev_fixed)
+    encoder.train()
+    return value
+
+
+def module_dev_losses(
+    module: str | os.PathLike,
+    text_files: list[str | os.PathLike],
+    budgets: list[float | str] | None = None,
+    *,
+    model: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """A language module's dev MLM loss at each budget (ranks for LoRA, densities for sparse kinds, as numbers or
+    as the CLI writes them: ``2``, ``0.5%``; None: as stored), on ``text_files`` split as training splits them,
+    with the MLM head fitted as training fits it (the module's recipe: steps, rate, sequence length, batch, seed)
+    on the base encoder. On the module's own training
+    text this reproduces the dev loss its training recorded, and scores any other budget of it the same way: a
+    dynamic module's trained budgets and a fixed module's truncations alike. Keys: ``"base"`` (the base encoder
+    with the fitted head) and each budget's label."""
+    from rerank.errors import RerankError
+    from rerank.modules.compose import ComposedModel
+    from rerank.modules.format import load_module, truncate_module, truncate_rank
+    from rerank.training.dynamic import Dynamic
+    from rerank.training.mlm import mlm_loss
+
+    mod = load_module(module)
+    c = mod.config
+    if c.role != "language":
+        raise RerankError(f"{module} is a {c.role} module", hint="the masked-LM loss measures language modules")
+    what = {"lora": "rank", "sft": "density", "shira": "density"}.get(c.kind)
+    if budgets and what is None:
+        raise RerankError(f"{module} is a {c.kind} module: it has no budget to vary", hint="leave out the budgets")
+    values = [None if b is None else _budget(b, what) for b in budgets or []]
+    r = c.recipe
+    try:
+        cfg = LangConfig(
+            kind=c.kind,
+            seq_len=int(r["seq_len"]),
+            batch_size=int(r["batch_size"]),
+            head_steps=int(r["head_steps"]),
+            head_lr=float(r["head_lr"]),
+            seed=int(r["seed"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise RerankError(f"{module}: its recipe lacks {e}", hint="a module written by rerank train lang") from e
+    m = _mlm_setup(c.language, text_files, cfg, model)
+    if c.base_fingerprint != m.info.fingerprint:
+        raise RerankError(f"{module} was trained on {c.base_model}, not on {m.info.name}", hint="give its --model")
+    _train_head(m, cfg, lambda i: (mlm_loss(m.encoder, m.head, m.batches.batch(i)), 0), None, progress)
+    cm = ComposedModel(m.encoder, fingerprint=m.info.fingerprint)
+    out = {"base": _dev_loss(m.encoder, m.head, m.dev_fixed)}
+    for b in values or [None]:
+        if b is None:
+            cut, label = mod, "stored"
+        else:
+            cut = truncate_rank(mod, int(b)) if what == "rank" else truncate_module(mod, float(b))
+            label = Dynamic(what, b, b).label(b)
+        cm.apply([cut])
+        out[label] = _dev_loss(m.encoder, m.head, m.dev_fixed)
+        cm.revert()
+    return out

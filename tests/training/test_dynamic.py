@@ -224,3 +224,33 @@ def test_a_fixed_module_still_truncates_by_size(tiny_bert, tmp_path):
     train_language_module("ky", [KY], tmp_path / "ky", small("shira", None), model=tiny_bert, progress=False)
     m = load_module(tmp_path / "ky")
     assert m.config.dynamic is None and "dynamic" not in m.config.recipe
+
+
+@pytest.mark.parametrize("kind, budgets", [("lora", ["1", "2"]), ("shira", ["0.5%", "1%"])])
+def test_the_dev_loss_of_a_module_at_its_budgets_reproduces_what_training_recorded(kind, budgets, tiny_bert, tmp_path):
+    """rerank eval mlm refits the MLM head as training did: the module as stored scores the dev loss its training
+    kept, the base the loss before training; smaller budgets are scored the same way."""
+    from rerank.training.lang import module_dev_losses, train_language_module
+
+    cfg = small(kind, None, rank=2, density=0.01)
+    train_language_module("ky", [KY], tmp_path / "ky", cfg, model=tiny_bert, progress=False)
+    from rerank.modules.format import load_module
+
+    r = load_module(tmp_path / "ky").config.recipe
+    got = module_dev_losses(tmp_path / "ky", [KY], [None, *budgets], model=tiny_bert, progress=False)
+    assert abs(got["stored"] - r["dev_loss_best"]) < 2e-4 and abs(got["base"] - r["dev_loss_before"]) < 2e-4
+    assert set(got) == {"base", "stored", *budgets}
+    with pytest.raises(RerankError, match="not a rank" if kind == "lora" else "not a fraction"):
+        module_dev_losses(tmp_path / "ky", [KY], ["x"], model=tiny_bert, progress=False)
+
+
+def test_eval_mlm_prints_the_losses_as_json(cli, tiny_bert, tmp_path):
+    import json
+
+    from rerank.training.lang import train_language_module
+
+    train_language_module("ky", [KY], tmp_path / "ky", small("adapter", None), model=tiny_bert, progress=False)
+    code, text, _ = cli("eval", "mlm", tmp_path / "ky", "--text", KY, "--model", tiny_bert, "-q")
+    assert code == 0 and set(json.loads(text)["dev_mlm_loss"]) == {"base", "stored"}
+    code, _, err = cli("eval", "mlm", tmp_path / "ky", "--text", KY, "--model", tiny_bert, "--budgets", "2", "-q")
+    assert code == 2 and "no budget to vary" in err and len(err.strip().splitlines()) == 1
