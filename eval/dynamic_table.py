@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+LONG = "-400"  # the dynamic run again with the separate runs' steps together (its folder: the dynamic one's + LONG)
 FAMILIES = (  # (kind, dynamic folder, {budget label: separate run's folder})
     ("lora", "lora-dynamic", {"1": "lora-r1", "2": "lora-r2", "4": "lora-r4", "8": "lora-r8"}),
     ("shira", "shira-dynamic", {"0.25%": "shira-d0.25", "0.5%": "shira-d0.5", "1%": "shira-d1", "2%": "shira-d2"}),
@@ -39,10 +40,13 @@ def table(root: Path, kind: str, dynamic: str, separate: dict[str, str]) -> list
     top_label, top = list(separate.items())[-1]
     lines = [
         f"| {kind} {what} | separate run at this {what} | the {top_label} run truncated to it | dynamic run "
-        f"({' to '.join([next(iter(separate)), top_label])}, one run) | dynamic − separate | dynamic − truncated |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"({' to '.join([next(iter(separate)), top_label])}, one run) | dynamic − separate | dynamic − truncated | "
+        "dynamic, the separate runs' steps together |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     at = ((dyn or {}).get("dynamic") or {}).get("dev_at_best") or {}
+    long = recipe(root / f"{dynamic}{LONG}")
+    at_long = ((long or {}).get("dynamic") or {}).get("dev_at_best") or {}
     cut = scored(root, top)
     seconds = []
     for label, name in separate.items():
@@ -51,18 +55,29 @@ def table(root: Path, kind: str, dynamic: str, separate: dict[str, str]) -> list
         if r is not None:
             seconds.append(float(r["seconds"]))
         mine, trunc = at.get(label), cut.get(label)
-        lines.append(f"| {label} | {_f(own)} | {_f(trunc)} | {_f(mine)} | {_d(mine, own)} | {_d(mine, trunc)} |")
+        lines.append(
+            f"| {label} | {_f(own)} | {_f(trunc)} | {_f(mine)} | {_d(mine, own)} | {_d(mine, trunc)} | "
+            f"{_f(at_long.get(label))} |"
+        )
     base = (dyn or recipe(root / next(iter(separate.values()))) or {}).get("dev_loss_before")
-    lines.append(f"| (base + MLM head, before training) | {_f(base)} | {_f(base)} | {_f(base)} | | |")
+    lines.append(f"| (base + MLM head, before training) | {_f(base)} | {_f(base)} | {_f(base)} | | | {_f(base)} |")
     total = f"{sum(seconds) / 60:.1f} min ({len(seconds)} runs)" if seconds else "—"
     mine = f"{float(dyn['seconds']) / 60:.1f} min" if dyn else "—"
     ratio = f"{sum(seconds) / float(dyn['seconds']):.2f}× less" if dyn and len(seconds) == len(separate) else ""
-    lines.append(f"| training time, the whole range | {total} | (one run) | {mine} | {ratio} | |")
+    steps = ", ".join(str((recipe(root / n) or {}).get("steps", "—")) for n in separate.values())
+    lines.append(
+        f"| steps | {steps} | (one run) | {(dyn or {}).get('steps', '—')} | | | {(long or {}).get('steps', '—')} |"
+    )  # noqa: E501
+    lines.append(f"| training time, the whole range | {total} | (one run) | {mine} | {ratio} | | {_minutes(long)} |")
     again = scored(root, dynamic)
     if again and at:  # the dynamic run's figures as rerank eval mlm scores its stored module: the same numbers
         worst = max(abs(again[k] - at[k]) for k in at if k in again)
         lines.append(f"\n(`rerank eval mlm` on the stored dynamic module: its training's figures within {worst:.4f}.)")
     return lines
+
+
+def _minutes(r: dict | None) -> str:
+    return f"{float(r['seconds']) / 60:.1f} min" if r else "—"
 
 
 def _d(a, b) -> str:
