@@ -8,6 +8,10 @@ steps (:func:`average_grads`), so the parameters stay identical everywhere and a
 over the whole batch. Evaluations run on rank 0 and their figure is broadcast (:func:`from_main`), so that early
 stopping and the time budget decide the same in every process; only rank 0 writes checkpoints, logs and the
 module. A trainer that is not launched here sees a world of one, and none of this changes what it does.
+
+Under ``torchrun`` (one node or several: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` set by it),
+``launch`` starts nothing: each process torchrun started joins the group through those variables and runs its
+share; rank 0 returns the result, the other ranks exit quietly once the group is done.
 """
 
 from __future__ import annotations
@@ -129,11 +133,49 @@ def _worker(rank: int, size: int, port: int, threads: int, fn, kwargs: dict, err
         dist.destroy_process_group()
 
 
+def torchrun_world() -> tuple[int, int] | None:
+    """(rank, world size) when this process was started by ``torchrun`` for more than one process, else None."""
+    try:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, size) if size > 1 and 0 <= rank < size else None
+
+
+def _join(fn: Callable, kwargs: dict, rank: int, size: int):
+    """Run ``fn`` as rank ``rank`` of a group torchrun started (its rendezvous from the environment)."""
+    import torch.distributed as dist
+
+    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        raise RerankError(
+            "RANK and WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not",
+            hint="start the processes with torchrun (it sets all four), or unset RANK and WORLD_SIZE",
+        )
+    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
+    WORLD.rank, WORLD.size = rank, size
+    try:
+        result = fn(**({**kwargs, "progress": kwargs.get("progress", True) and rank == 0}))
+    finally:
+        dist.destroy_process_group()
+    if rank != 0:
+        raise SystemExit(0)  # rank 0 reports; the others are done
+    return result
+
+
 def launch(fn: Callable, kwargs: dict, processes: int):
     """Run ``fn(**kwargs)`` in ``processes`` processes (data-parallel, as above); with 1, in this process.
-    Returns ``fn``'s result with 1 process, else None (rank 0 wrote what ``fn`` writes)."""
+    Returns ``fn``'s result with 1 process, else None (rank 0 wrote what ``fn`` writes). Under torchrun, this
+    process is one rank of the group torchrun started (``processes`` must be 1: torchrun decides how many)."""
     if processes < 1:
         raise RerankError(f"--processes must be ≥ 1, not {processes}", hint="e.g. --processes 2")
+    world = torchrun_world()
+    if world is not None:
+        if processes != 1:
+            raise RerankError(
+                f"--processes {processes} under torchrun, which started {world[1]} processes already",
+                hint="leave out --processes: torchrun's --nnodes and --nproc-per-node decide",
+            )
+        return _join(fn, kwargs, *world)
     if processes == 1:
         return fn(**kwargs)
     import torch.multiprocessing as mp

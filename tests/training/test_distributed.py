@@ -109,3 +109,52 @@ def test_a_language_module_trains_alike_in_two_processes(udhr_dir, still_bert, t
     assert [v for _, v in b["train_loss"]] == pytest.approx([v for _, v in a["train_loss"]], abs=1e-3)
     assert [v for _, v in b["dev_loss"]] == pytest.approx([v for _, v in a["dev_loss"]], abs=1e-3)
     assert b["dev_loss_before"] == a["dev_loss_before"]
+
+
+def test_torchrun_starts_the_processes_and_they_train_what_launch_does(udhr_dir, still_bert, tmp_path):
+    """Several nodes are torchrun's job: under it, `rerank train` joins the group torchrun started (its
+    rendezvous from the environment, here --standalone on this machine) instead of spawning its own."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rerank.distributed import launch
+    from rerank.training.lang import LangConfig, train_language_module
+
+    cfg = LangConfig(kind="shira", max_steps=10, head_steps=2, seq_len=64, batch_size=4, eval_every=5, patience=None)
+    kw = dict(lang="en", text_files=[udhr_dir / "docs.en.jsonl"], cfg=cfg, model=still_bert, progress=False)
+    assert launch(train_language_module, {**kw, "out": tmp_path / "spawned"}, 2) is None
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run(
+        [bin_dir / "torchrun", "--standalone", "--nproc-per-node", "2", "--no-python", bin_dir / "rerank", "train",
+         "lang", "--lang", "en", "--text", udhr_dir / "docs.en.jsonl", "--kind", "shira", "--max-steps", "10",
+         "--head-steps", "2", "--seq-len", "64", "--batch-size", "4", "--eval-every", "5", "--patience", "0",
+         "--model", still_bert, "--out", tmp_path / "torchrun", "-q"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(f"wrote {tmp_path / 'torchrun'}") == 1  # rank 0 reports, rank 1 exits quietly
+    a = json.loads((tmp_path / "spawned" / "module_config.json").read_text())["recipe"]
+    b = json.loads((tmp_path / "torchrun" / "module_config.json").read_text())["recipe"]
+    assert (a["processes"], b["processes"]) == (2, 2) and b["tokens"] == a["tokens"]
+    assert [v for _, v in b["train_loss"]] == pytest.approx([v for _, v in a["train_loss"]], abs=1e-5)
+    assert [v for _, v in b["dev_loss"]] == pytest.approx([v for _, v in a["dev_loss"]], abs=1e-5)
+
+
+def test_a_torchrun_world_refuses_its_own_process_count(monkeypatch):
+    from rerank.distributed import launch, torchrun_world
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert torchrun_world() is None
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert torchrun_world() == (0, 2)
+    with pytest.raises(RerankError, match="under torchrun, which started 2 processes"):
+        launch(print, {}, 2)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(RerankError, match="MASTER_ADDR/MASTER_PORT are not"):
+        launch(print, {}, 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert torchrun_world() is None  # a world of one is no group
