@@ -158,3 +158,48 @@ def test_a_torchrun_world_refuses_its_own_process_count(monkeypatch):
         launch(print, {}, 1)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert torchrun_world() is None  # a world of one is no group
+
+
+@pytest.mark.slow
+def test_a_killed_two_process_run_resumes_from_rank_0s_checkpoint(udhr_dir, still_bert, tmp_path):
+    """`rerank train lang --processes 2` killed (SIGKILL to its process group) after its first checkpoint, then
+    run again with the same command: every process resumes from rank 0's checkpoint at the step it left, and
+    the module equals an uninterrupted two-process run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    rerank = Path(sys.executable).parent / "rerank"
+
+    def command(out):
+        return [rerank, "train", "lang", "--lang", "en", "--text", udhr_dir / "docs.en.jsonl", "--kind", "shira",
+                "--max-steps", "200", "--head-steps", "2", "--seq-len", "32", "--batch-size", "4", "--eval-every",
+                "50", "--patience", "0", "--model", still_bert, "--processes", "2", "--out", out, "-q"]  # fmt: skip
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = subprocess.Popen(command(tmp_path / "m"), start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    marker = tmp_path / "m.work" / "sparse" / "checkpoint" / "state.json"
+    deadline = time.time() + 600
+    while not marker.is_file() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert marker.is_file() and not (tmp_path / "m" / "module_config.json").exists()
+    again = subprocess.run(command(tmp_path / "m"), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = json.loads((tmp_path / "whole" / "module_config.json").read_text())["recipe"]
+    b = json.loads((tmp_path / "m" / "module_config.json").read_text())["recipe"]
+    assert b["resumed_from"] == 50 and b["sessions"] == 2 and b["steps"] == a["steps"] == 200
+    assert b["dev_loss"] == pytest.approx(a["dev_loss"], abs=1e-5)
+    ta = load_file(str(tmp_path / "whole" / "module.safetensors"))
+    tb = load_file(str(tmp_path / "m" / "module.safetensors"))
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(tb[k], ta[k], atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
