@@ -39,7 +39,7 @@ def table(root: Path, kind: str, dynamic: str, separate: dict[str, str]) -> list
     what = "rank" if kind == "lora" else "density"
     top_label, top = list(separate.items())[-1]
     lines = [
-        f"| {kind} {what} | separate run at this {what} | the {top_label} run truncated to it | dynamic run "
+        f"| {kind} {what} | separate run at this {what} | the {what} {top_label} run truncated to it | dynamic run "
         f"({' to '.join([next(iter(separate)), top_label])}, one run) | dynamic − separate | dynamic − truncated | "
         "dynamic, the separate runs' steps together |",
         "|---|---:|---:|---:|---:|---:|---:|",
