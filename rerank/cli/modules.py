@@ -46,8 +46,10 @@ def _budgets(c) -> str:
     """What --module-rank / --module-density can choose: a dynamic module's trained range, or a truncation."""
     if not c.dynamic:
         return "one (smaller --module-rank/--module-density truncate it)" if c.rank or c.density else "-"
+    from rerank.modules import kinds
+
     lo, hi = c.dynamic
-    if c.kind == "lora":
+    if kinds.get(c.kind).dynamic_budget == "rank":
         return f"every rank {int(lo)}..{int(hi)}, trained in one run (--module-rank)"
     return f"every density {lo:.4%}..{hi:.4%}, trained in one run as nested prefixes (--module-density)"
 

@@ -287,7 +287,7 @@ def module_dev_losses(
     c = mod.config
     if c.role != "language":
         raise RerankError(f"{module} is a {c.role} module", hint="the masked-LM loss measures language modules")
-    what = {"lora": "rank", "sft": "density", "shira": "density"}.get(c.kind)
+    what = kinds.get(c.kind).dynamic_budget  # the kind's budget: rank, density, or none
     if budgets and what is None:
         raise RerankError(f"{module} is a {c.kind} module: it has no budget to vary", hint="leave out the budgets")
     values = [None if b is None else _budget(b, what) for b in budgets or []]
